@@ -1,0 +1,1 @@
+"""Infrastructure: the one definition of every resource, and the CDK constructs built from it."""

@@ -1,0 +1,166 @@
+"""The one definition of every resource, read by both the CDK app and the local stack.
+
+Plain data, no CDK import: the local stack creates the same tables, keys, buckets,
+queues and bus from it, and serves the same routes with the same environment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+FUNCTIONS_DIR = ROOT / "functions"
+DOMAIN_LAYER_DIR = ROOT / "layers" / "domain"
+DEPS_REQUIREMENTS = ROOT / "layers" / "deps" / "requirements.txt"
+
+
+@dataclass(frozen=True)
+class Index:
+    name: str
+    partition_key: str
+    sort_key: str
+
+
+@dataclass(frozen=True)
+class Table:
+    key: str  # how functions and `coupons-local info` name it
+    env: str  # the variable that carries its name
+    name: str  # the physical name in the local stack (CDK lets CloudFormation choose)
+    indexes: tuple[Index, ...] = ()
+    ttl_attribute: str | None = None
+    stream: bool = False
+
+
+@dataclass(frozen=True)
+class Bucket:
+    key: str
+    env: str
+    name: str
+    purpose: str
+
+
+@dataclass(frozen=True)
+class Queue:
+    key: str
+    env: str
+    name: str
+    visibility_timeout_seconds: int = 60
+    max_receive_count: int = 5
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str  # API Gateway form: /coupons/{coupon_id}
+    public: bool = False  # no authorizer (only the OpenAPI document and the console page)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    name: str
+    cron: str  # EventBridge cron(...) body: minutes hours day-of-month month day-of-week year
+    every_seconds: int  # how often the local stack fires it
+    description: str
+
+
+@dataclass(frozen=True)
+class Function:
+    name: str  # folder under functions/, and the construct id
+    description: str
+    routes: tuple[Route, ...] = ()
+    memory_mb: int = 512
+    timeout_seconds: int = 10
+    # What it may touch: ("table", key, "read"|"write"|"readwrite"), ("key", "kms", "encrypt"|"decrypt"),
+    # ("bucket", key, ...), ("queue", key, "send"|"consume"), ("bus", "events", "put").
+    grants: tuple[tuple[str, str, str], ...] = ()
+    schedule: Schedule | None = None
+    queue: str | None = None  # consumes this queue
+    stream_of: str | None = None  # consumes this table's stream
+
+    @property
+    def directory(self) -> Path:
+        return FUNCTIONS_DIR / self.name
+
+
+COUPONS_TABLE = Table(
+    key="coupons",
+    env="COUPONS_TABLE",
+    name="coupons",
+    indexes=(
+        Index("gsi1", "gsi1pk", "gsi1sk"),  # coupons by status; redemptions by coupon
+        Index("gsi2", "gsi2pk", "gsi2sk"),  # coupons by campaign; redemptions by user
+        Index("gsi3", "gsi3pk", "gsi3sk"),  # coupons by expiry (sparse, sharded); redemptions by UTC day
+        Index("gsi4", "gsi4pk", "gsi4sk"),  # rollbacks by UTC day
+    ),
+    stream=True,
+)
+GUARDS_TABLE = Table(key="guards", env="GUARDS_TABLE", name="coupons-guards", ttl_attribute="ttl", stream=True)
+JOBS_TABLE = Table(key="jobs", env="JOBS_TABLE", name="coupons-jobs", ttl_attribute="ttl", stream=True)
+TABLES = (COUPONS_TABLE, GUARDS_TABLE, JOBS_TABLE)
+
+BUCKETS = (
+    Bucket("imports", "IMPORTS_BUCKET", "coupons-imports", "marketing's CSV uploads and their results"),
+    Bucket("exports", "EXPORTS_BUCKET", "coupons-exports", "generated codes (plaintext, SSE-KMS)"),
+    Bucket("reports", "REPORTS_BUCKET", "coupons-reports", "finance's daily reports"),
+)
+
+QUEUES: tuple[Queue, ...] = ()
+
+KMS_KEY_ALIAS = "alias/coupons"
+EVENT_BUS_NAME = "coupons"
+EVENT_SOURCE = "coupons"
+
+READ, WRITE, READWRITE = "read", "write", "readwrite"
+_CODES = (("table", "coupons", READWRITE), ("key", "kms", "decrypt"), ("key", "kms", "generate"))
+
+FUNCTIONS: tuple[Function, ...] = (
+    Function(
+        name="admin",
+        description="Admin API: coupon CRUD and listing",
+        routes=(
+            Route("POST", "/coupons"),
+            Route("GET", "/coupons"),
+            Route("GET", "/coupons/{coupon_id}"),
+            Route("PUT", "/coupons/{coupon_id}"),
+            Route("DELETE", "/coupons/{coupon_id}"),
+        ),
+        grants=_CODES,
+    ),
+    Function(
+        name="openapi",
+        description="The OpenAPI document of the whole API",
+        routes=(Route("GET", "/openapi.json", public=True),),
+        memory_mb=256,
+    ),
+)
+
+
+def function(name: str) -> Function:
+    return next(f for f in FUNCTIONS if f.name == name)
+
+
+def base_environment(config: dict[str, str]) -> dict[str, str]:
+    """The environment every function gets: seed options, resource names, Powertools."""
+    env = {
+        "POWERTOOLS_SERVICE_NAME": "coupons",
+        "POWERTOOLS_METRICS_NAMESPACE": "Coupons",
+        "KMS_KEY_ID": KMS_KEY_ALIAS,
+        "EVENT_BUS_NAME": EVENT_BUS_NAME,
+        "ADMIN_GROUP": "coupon-admins",
+    }
+    env.update(config)
+    return env
+
+
+SEED_OPTIONS = {
+    # cdk.json context key -> environment variable
+    "coupon_id_format": "COUPON_ID_FORMAT",
+    "default_expiration_days": "DEFAULT_EXPIRATION_DAYS",
+    "max_discount_per_user": "MAX_DISCOUNT_PER_USER",
+    "discount_type": "DEFAULT_DISCOUNT_TYPE",
+    "allowed_domains": "ALLOWED_DOMAINS",
+    "failed_attempts_per_user": "FAILED_ATTEMPTS_PER_USER",
+    "failed_attempts_per_ip": "FAILED_ATTEMPTS_PER_IP",
+    "failed_attempt_window_seconds": "FAILED_ATTEMPT_WINDOW_SECONDS",
+}

@@ -1,0 +1,218 @@
+"""A real HTTP server that behaves like the REST API: routes, authorizer, proxy events.
+
+Each request becomes an API Gateway REST proxy event with the verified token's
+claims in `requestContext.authorizer.claims`, and goes to the same
+`lambda_handler` Lambda would call, loaded from `functions/<name>/handler.py`.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import re
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from coupons_infra import resources as r
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import Map, Rule
+from werkzeug.wrappers import Request, Response
+
+from . import tokens
+
+MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Headers": "Authorization,Content-Type",
+    "Access-Control-Allow-Methods": "GET,POST,PUT,DELETE,OPTIONS",
+    "Access-Control-Expose-Headers": "Retry-After",
+}
+
+
+def envelope(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps({"error": {"code": code, "message": message}}), status=status,
+                    headers={**CORS_HEADERS, **(headers or {})}, content_type="application/json")
+
+
+@dataclass
+class FakeContext:
+    """The parts of the Lambda context Powertools reads."""
+
+    function_name: str
+    memory_limit_in_mb: int
+    timeout_seconds: int
+    aws_request_id: str
+    started: float
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:aws:lambda:us-east-1:123456789012:function:{self.function_name}"
+
+    @property
+    def function_version(self) -> str:
+        return "$LATEST"
+
+    @property
+    def log_group_name(self) -> str:
+        return f"/aws/lambda/{self.function_name}"
+
+    @property
+    def log_stream_name(self) -> str:
+        return "local"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.started + self.timeout_seconds - time.monotonic()) * 1000))
+
+
+class FunctionHost:
+    """Loads each function's handler module once, as Lambda would per container."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Callable[..., Any]] = {}
+        self._lock = threading.Lock()
+
+    def handler(self, function: r.Function) -> Callable[..., Any]:
+        with self._lock:
+            if function.name not in self._handlers:
+                path = function.directory / "handler.py"
+                module_name = f"coupons_fn_{function.name}"
+                spec = importlib.util.spec_from_file_location(module_name, path)
+                assert spec and spec.loader
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[module_name] = module
+                spec.loader.exec_module(module)
+                self._handlers[function.name] = module.lambda_handler
+            return self._handlers[function.name]
+
+    def invoke(self, function: r.Function, event: dict[str, Any]) -> Any:
+        context = FakeContext(function.name, function.memory_mb, function.timeout_seconds,
+                              str(uuid.uuid4()), time.monotonic())
+        return self.handler(function)(event, context)
+
+
+def _rule_path(path: str) -> str:
+    return re.sub(r"\{(\w+)\}", r"<\1>", path)
+
+
+class Gateway:
+    def __init__(self, host: FunctionHost, control: dict[str, Callable[[dict[str, Any]], Any]],
+                 control_secret: str) -> None:
+        self.host = host
+        self.control = control
+        self.control_secret = control_secret
+        rules = []
+        self.routes: dict[str, tuple[r.Function, r.Route]] = {}
+        for function in r.FUNCTIONS:
+            for route in function.routes:
+                endpoint = f"{route.method} {route.path}"
+                self.routes[endpoint] = (function, route)
+                rules.append(Rule(_rule_path(route.path), methods=[route.method], endpoint=endpoint))
+        rules.append(Rule("/_local/run/<job>", methods=["POST"], endpoint="control"))
+        self.url_map = Map(rules, strict_slashes=False, merge_slashes=False)
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        request = Request(environ)
+        return self.dispatch(request)(environ, start_response)
+
+    def dispatch(self, request: Request) -> Response:
+        if request.method == "OPTIONS":
+            return Response(status=204, headers=CORS_HEADERS)
+        adapter = self.url_map.bind_to_environ(request.environ)
+        try:
+            endpoint, args = adapter.match()
+        except MethodNotAllowed:
+            return envelope(405, "METHOD_NOT_ALLOWED", "This route does not take that method.")
+        except NotFound:
+            return envelope(404, "NOT_FOUND", "No such route.")
+        except HTTPException:
+            return envelope(404, "NOT_FOUND", "No such route.")
+        if endpoint == "control":
+            return self._control(request, args["job"])
+        function, route = self.routes[endpoint]
+        if request.content_length and request.content_length > MAX_BODY_BYTES:
+            return envelope(413, "VALIDATION_ERROR", "The request body is larger than 10 MB.")
+        body = request.get_data(cache=False)
+        if len(body) > MAX_BODY_BYTES:
+            return envelope(413, "VALIDATION_ERROR", "The request body is larger than 10 MB.")
+        claims: dict[str, str] | None = None
+        if not route.public:
+            auth = request.headers.get("Authorization", "")
+            scheme, _, token = auth.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                return envelope(401, "UNAUTHENTICATED", "A valid bearer token is required.")
+            try:
+                claims = tokens.authorizer_claims(tokens.verify(token.strip()))
+            except tokens.InvalidToken:
+                return envelope(401, "UNAUTHENTICATED", "A valid bearer token is required.")
+        event = self._event(request, route, args, body, claims)
+        result = self.host.invoke(function, event)
+        return self._response(result)
+
+    def _event(self, request: Request, route: r.Route, args: dict[str, str], body: bytes,
+               claims: dict[str, str] | None) -> dict[str, Any]:
+        try:
+            text: str | None = body.decode("utf-8") if body else None
+            encoded = False
+        except UnicodeDecodeError:
+            text, encoded = base64.b64encode(body).decode(), True
+        query = request.args
+        headers = dict(request.headers.items())
+        now = datetime.now(UTC)
+        return {
+            "resource": route.path,
+            "path": request.path,
+            "httpMethod": request.method,
+            "headers": headers,
+            "multiValueHeaders": {k: request.headers.getlist(k) for k in headers},
+            "queryStringParameters": {k: query.get(k) for k in query} or None,
+            "multiValueQueryStringParameters": {k: query.getlist(k) for k in query} or None,
+            "pathParameters": dict(args) or None,
+            "stageVariables": None,
+            "requestContext": {
+                "resourcePath": route.path,
+                "httpMethod": request.method,
+                "path": f"/local{request.path}",
+                "stage": "local",
+                "requestId": str(uuid.uuid4()),
+                "requestTime": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+                "requestTimeEpoch": int(now.timestamp() * 1000),
+                "accountId": "123456789012",
+                "apiId": "local",
+                "protocol": request.environ.get("SERVER_PROTOCOL", "HTTP/1.1"),
+                "identity": {
+                    "sourceIp": request.remote_addr or "127.0.0.1",
+                    "userAgent": request.headers.get("User-Agent", ""),
+                },
+                "authorizer": {"claims": claims} if claims is not None else None,
+            },
+            "body": text,
+            "isBase64Encoded": encoded,
+        }
+
+    @staticmethod
+    def _response(result: dict[str, Any]) -> Response:
+        headers = dict(CORS_HEADERS)
+        headers.update(result.get("headers") or {})
+        response = Response(status=int(result.get("statusCode", 502)), headers=headers)
+        for name, values in (result.get("multiValueHeaders") or {}).items():
+            for value in values:
+                response.headers.add(name, value)
+        body = result.get("body") or ""
+        response.set_data(base64.b64decode(body) if result.get("isBase64Encoded") else body.encode())
+        return response
+
+    def _control(self, request: Request, job: str) -> Response:
+        if request.headers.get("X-Local-Control") != self.control_secret:
+            return envelope(403, "FORBIDDEN", "Local control needs this stack's control secret.")
+        if job not in self.control:
+            return envelope(404, "JOB_NOT_FOUND", f"No local job named {job}.")
+        payload = request.get_json(silent=True) or {}
+        result = self.control[job](payload)
+        return Response(json.dumps(result, default=str), status=200, content_type="application/json")

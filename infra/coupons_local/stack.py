@@ -1,0 +1,93 @@
+"""One running local stack: the emulator, its resources, the gateway and the background wiring."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from coupons_infra import resources as r
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from . import tokens
+from .emulator import REGION, Emulator
+from .gateway import FunctionHost, Gateway
+from .provision import Provisioned, function_environment, provision
+
+# Seed options and abuse-defence settings a user may set in the environment of `serve`.
+CONFIG_VARS = tuple(r.SEED_OPTIONS.values()) + ("FRAUD_DISTINCT_USERS_PER_IP", "HOT_COUPON_SHARDS",
+                                                "POWERTOOLS_LOG_LEVEL")
+
+Job = Callable[[dict[str, Any]], Any]
+# Background workers and on-demand jobs register here (S3 imports, stream publisher, schedules).
+WORKER_FACTORIES: list[Callable[[LocalStack], None]] = []
+
+
+def state_file(port: int) -> Path:
+    return tokens.home() / f"stack-{port}.json"
+
+
+class LocalStack:
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = port
+        self.emulator: Emulator | None = None
+        self.provisioned: Provisioned | None = None
+        self.functions = FunctionHost()
+        self.jobs: dict[str, Job] = {}
+        self.stopping = threading.Event()
+        self.control_secret = secrets.token_hex(16)
+        self._server: BaseWSGIServer | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log per emulated AWS call
+        self.emulator = Emulator().start()
+        self.emulator.configure_process()
+        self.provisioned = provision()
+        config = {name: os.environ[name] for name in CONFIG_VARS if name in os.environ}
+        os.environ.update(function_environment(self.provisioned, config))
+        gateway = Gateway(self.functions, self.jobs, self.control_secret)
+        self._server = make_server(self.host, self.port, gateway, threaded=True)
+        self.port = self._server.server_port
+        threading.Thread(target=self._server.serve_forever, name="gateway", daemon=True).start()
+        for factory in WORKER_FACTORIES:
+            factory(self)
+
+    def info(self) -> dict[str, Any]:
+        assert self.emulator and self.provisioned
+        return {
+            "api_url": self.api_url,
+            "aws_endpoint": self.emulator.endpoint,
+            "region": REGION,
+            "tables": self.provisioned.tables,
+            "buckets": self.provisioned.buckets,
+            "queues": self.provisioned.queues,
+            "event_queue_url": self.provisioned.event_queue_url,
+            "kms_key_id": self.provisioned.key_id,
+            "pid": os.getpid(),
+        }
+
+    def write_state(self) -> None:
+        path = state_file(self.port)
+        payload = {**self.info(), "control_secret": self.control_secret}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(payload, indent=2))
+        os.chmod(tmp, 0o600)
+        tmp.replace(path)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self._server:
+            self._server.shutdown()
+        state_file(self.port).unlink(missing_ok=True)
+        if self.emulator:
+            self.emulator.stop()

@@ -1,0 +1,170 @@
+"""What every API function shares: the resolver, the error envelope, identity and logging.
+
+Handlers build their app with `build_app(*routers)` and export `lambda_handler =
+entry(app)`. Identity comes only from the authorizer's claims.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, CORSConfig, Response
+from aws_lambda_powertools.event_handler.openapi.exceptions import (
+    RequestUnsupportedContentType,
+    RequestValidationError,
+)
+from aws_lambda_powertools.event_handler.router import Router
+from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from .errors import DomainError, Forbidden, PayloadTooLarge, RouteNotFound, Unauthenticated, ValidationFailed
+from .models import validation_details
+from .settings import get_settings
+
+SERVICE = "coupons"
+MAX_BODY_BYTES = 256 * 1024  # far above any coupon or order; API Gateway itself allows 10 MB
+SENSITIVE_KEYS = frozenset({"code", "codes", "plaintext", "authorization", "token", "body"})
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: ("***" if str(k).lower() in SENSITIVE_KEYS else _redact(v)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact(v) for v in value]
+    return value
+
+
+class RedactingFormatter(LambdaPowertoolsFormatter):
+    """Plaintext codes, tokens and bodies never reach a log line, whatever a caller logs."""
+
+    def serialize(self, log: dict[str, Any]) -> str:
+        return super().serialize(_redact(log))
+
+
+logger = Logger(service=SERVICE, logger_formatter=RedactingFormatter())
+metrics = Metrics(namespace="Coupons", service=SERVICE)
+tracer = Tracer(service=SERVICE)
+
+
+@dataclass(frozen=True)
+class Identity:
+    user_id: str
+    email: str | None
+    groups: frozenset[str]
+    ip: str
+    user_agent: str
+
+    @property
+    def is_admin(self) -> bool:
+        return get_settings().admin_group in self.groups
+
+    @property
+    def email_domain(self) -> str | None:
+        if not self.email or "@" not in self.email:
+            return None
+        return self.email.rsplit("@", 1)[1].lower()
+
+
+def _groups(raw: Any) -> frozenset[str]:
+    # Cognito's REST authorizer flattens the list claim to a string such as "[a, b]" or "a,b".
+    if isinstance(raw, list | tuple):
+        return frozenset(str(g) for g in raw)
+    if isinstance(raw, str):
+        return frozenset(g for g in re.split(r"[\s,\[\]]+", raw) if g)
+    return frozenset()
+
+
+def identity_of(app: Any) -> Identity:
+    context = app.current_event.request_context
+    authorizer = context.authorizer.raw_event if context.authorizer else {}
+    claims = authorizer.get("claims") or {}
+    user_id = claims.get("sub")
+    if not user_id:
+        raise Unauthenticated()
+    return Identity(
+        user_id=str(user_id),
+        email=claims.get("email"),
+        groups=_groups(claims.get("cognito:groups")),
+        ip=context.identity.source_ip or "unknown",
+        user_agent=(context.identity.user_agent or "")[:512],
+    )
+
+
+def require_admin(app: Any) -> Identity:
+    who = identity_of(app)
+    if not who.is_admin:
+        raise Forbidden("This route is for coupon admins.")
+    return who
+
+
+def error_response(error: DomainError) -> Response:
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
+    return Response(status_code=error.status, content_type="application/json",
+                    body=json.dumps(error.body()), headers=headers)
+
+
+def json_response(status: int, body: Any) -> Response:
+    return Response(status_code=status, content_type="application/json", body=json.dumps(body, default=str))
+
+
+def _body_size_guard(app: APIGatewayRestResolver, next_middleware: Callable[..., Response]) -> Response:
+    body = app.current_event.body
+    if body is not None and len(body) > MAX_BODY_BYTES:
+        return error_response(PayloadTooLarge(
+            details=[{"field": "body", "message": f"at most {MAX_BODY_BYTES} bytes"}]))
+    return next_middleware(app)
+
+
+def build_app(*routers: Router) -> APIGatewayRestResolver:
+    app = APIGatewayRestResolver(
+        enable_validation=True,
+        cors=CORSConfig(allow_origin="*", allow_headers=["Authorization", "Content-Type"], max_age=600),
+    )
+    app.use(middlewares=[_body_size_guard])
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid(error: RequestValidationError) -> Response:
+        return error_response(ValidationFailed(details=validation_details(error.errors())))
+
+    @app.exception_handler(RequestUnsupportedContentType)
+    def _content_type(error: RequestUnsupportedContentType) -> Response:
+        return error_response(ValidationFailed(
+            "The body must be JSON.", details=[{"field": "body", "message": "send application/json"}]))
+
+    @app.exception_handler(DomainError)
+    def _domain(error: DomainError) -> Response:
+        if error.status >= 500:
+            logger.warning("transient store failure", extra={"error_code": error.code})
+        return error_response(error)
+
+    @app.not_found
+    def _no_route(_: Exception) -> Response:
+        return error_response(RouteNotFound())
+
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+def entry(app: APIGatewayRestResolver) -> Callable[[dict[str, Any], LambdaContext], dict[str, Any]]:
+    """The Lambda entry point: Powertools decorators around `app.resolve`."""
+
+    @logger.inject_lambda_context(correlation_id_path="requestContext.requestId", log_event=False)
+    @metrics.log_metrics
+    def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        try:
+            return app.resolve(event, context)
+        except Exception:  # a bug must still answer with the envelope, never a traceback
+            logger.exception("unhandled error")
+            return {
+                "statusCode": 500,
+                "headers": {"Content-Type": "application/json", "Access-Control-Allow-Origin": "*"},
+                "body": json.dumps({"error": {"code": "INTERNAL_ERROR", "message": "Something went wrong."}}),
+            }
+
+    return handler

@@ -1,0 +1,1 @@
+"""Routers: the API's routes, grouped by function; the OpenAPI document includes them all."""

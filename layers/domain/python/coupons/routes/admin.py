@@ -1,0 +1,66 @@
+"""Admin routes for coupons (`coupon-admins` only)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
+from aws_lambda_powertools.event_handler.router import APIGatewayRouter
+
+from ..http import metrics, require_admin
+from ..models import CouponCreate, CouponPage, CouponUpdate, CouponView
+from ..wiring import admin_service
+
+router = APIGatewayRouter()
+
+CouponId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
+_ERRORS = {400: {"description": "VALIDATION_ERROR"}, 401: {"description": "UNAUTHENTICATED"},
+           403: {"description": "FORBIDDEN"}}
+
+
+@router.post("/coupons", summary="Create a coupon", tags=["admin"],
+             responses={201: {"description": "The coupon",
+                              "content": {"application/json": {"model": CouponView}}},
+                        409: {"description": "CODE_ALREADY_EXISTS"}, **_ERRORS})
+def create_coupon(body: Annotated[CouponCreate, Body()]) -> Response[CouponView]:
+    who = require_admin(router)
+    view = admin_service().create(body, who.user_id)
+    metrics.add_metric(name="CouponsCreated", unit="Count", value=1)
+    return Response(status_code=201, content_type="application/json", body=CouponView.model_validate(view))
+
+
+@router.get("/coupons", summary="List coupons", tags=["admin"], responses=_ERRORS)
+def list_coupons(
+    status: Annotated[Literal["active", "disabled", "expired", "exhausted"] | None, Query()] = None,
+    campaign_id: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] = None,
+    code: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 25,
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+) -> CouponPage:
+    require_admin(router)
+    page = admin_service().list(status=status, campaign_id=campaign_id, code=code, limit=limit, cursor=cursor)
+    return CouponPage.model_validate(page)
+
+
+@router.get("/coupons/<coupon_id>", summary="Get a coupon", tags=["admin"],
+            responses={404: {"description": "COUPON_NOT_FOUND"}, **_ERRORS})
+def get_coupon(coupon_id: CouponId) -> CouponView:
+    require_admin(router)
+    return CouponView.model_validate(admin_service().get(coupon_id))
+
+
+@router.put("/coupons/<coupon_id>", summary="Edit, pause or resume a coupon (partial)", tags=["admin"],
+            responses={404: {"description": "COUPON_NOT_FOUND"}, 409: {"description": "CODE_ALREADY_EXISTS"},
+                       **_ERRORS})
+def update_coupon(coupon_id: CouponId, body: Annotated[CouponUpdate, Body()]) -> CouponView:
+    who = require_admin(router)
+    return CouponView.model_validate(admin_service().update(coupon_id, body, who.user_id))
+
+
+@router.delete("/coupons/<coupon_id>", summary="Delete a coupon (its history stays)", tags=["admin"],
+               responses={204: {"description": "Deleted"}, 404: {"description": "COUPON_NOT_FOUND"}, **_ERRORS})
+def delete_coupon(coupon_id: CouponId) -> Response[None]:
+    who = require_admin(router)
+    admin_service().delete(coupon_id, who.user_id)
+    return Response(status_code=204, body="")

@@ -1,0 +1,103 @@
+"""Configuration read once from the environment through one model.
+
+The five seed options keep their names; the rest name the resources each
+function is wired to (CDK sets them on AWS, the local stack sets the same).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ENV_NAMES: dict[str, str] = {
+    "coupon_id_format": "COUPON_ID_FORMAT",
+    "default_expiration_days": "DEFAULT_EXPIRATION_DAYS",
+    "max_discount_per_user": "MAX_DISCOUNT_PER_USER",
+    "discount_type": "DEFAULT_DISCOUNT_TYPE",
+    "allowed_domains": "ALLOWED_DOMAINS",
+    "failed_attempts_per_user": "FAILED_ATTEMPTS_PER_USER",
+    "failed_attempts_per_ip": "FAILED_ATTEMPTS_PER_IP",
+    "failed_attempt_window_seconds": "FAILED_ATTEMPT_WINDOW_SECONDS",
+    "fraud_distinct_users_per_ip": "FRAUD_DISTINCT_USERS_PER_IP",
+    "hot_coupon_shards": "HOT_COUPON_SHARDS",
+    "coupons_table": "COUPONS_TABLE",
+    "guards_table": "GUARDS_TABLE",
+    "jobs_table": "JOBS_TABLE",
+    "kms_key_id": "KMS_KEY_ID",
+    "code_key_version": "CODE_KEY_VERSION",
+    "event_bus_name": "EVENT_BUS_NAME",
+    "imports_bucket": "IMPORTS_BUCKET",
+    "exports_bucket": "EXPORTS_BUCKET",
+    "reports_bucket": "REPORTS_BUCKET",
+    "generation_queue_url": "GENERATION_QUEUE_URL",
+    "admin_group": "ADMIN_GROUP",
+}
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    # The seed's configuration options.
+    coupon_id_format: Literal["uuid", "alphanumeric"] = "uuid"
+    default_expiration_days: int = Field(default=30, ge=1, le=3650)
+    max_discount_per_user: int | None = Field(default=1, ge=1)
+    discount_type: Literal["PERCENT", "FIXED"] = "PERCENT"
+    allowed_domains: tuple[str, ...] = ()
+
+    # Abuse defences (contract defaults).
+    failed_attempts_per_user: int = Field(default=10, ge=1)
+    failed_attempts_per_ip: int = Field(default=100, ge=1)
+    failed_attempt_window_seconds: int = Field(default=600, ge=1)
+    fraud_distinct_users_per_ip: int = Field(default=20, ge=2)
+    hot_coupon_shards: int = Field(default=8, ge=1, le=64)
+
+    # Resources.
+    coupons_table: str = "coupons"
+    guards_table: str = "coupons-guards"
+    jobs_table: str = "coupons-jobs"
+    kms_key_id: str = "alias/coupons"
+    code_key_version: int = Field(default=1, ge=1)
+    event_bus_name: str = "coupons"
+    imports_bucket: str = "coupons-imports"
+    exports_bucket: str = "coupons-exports"
+    reports_bucket: str = "coupons-reports"
+    generation_queue_url: str = ""
+    admin_group: str = "coupon-admins"
+
+    @field_validator("discount_type", mode="before")
+    @classmethod
+    def _discount_type_aliases(cls, value: object) -> object:
+        # The seed writes "fixed"/"percentage"; the contract writes FIXED/PERCENT.
+        if isinstance(value, str):
+            return {"PERCENTAGE": "PERCENT"}.get(value.strip().upper(), value.strip().upper())
+        return value
+
+    @field_validator("allowed_domains", mode="before")
+    @classmethod
+    def _split_domains(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(d.strip().lower() for d in value.replace(";", ",").split(",") if d.strip())
+        return value
+
+    @field_validator("max_discount_per_user", mode="before")
+    @classmethod
+    def _unlimited(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in {"", "none", "null", "unlimited"}:
+            return None
+        return value
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values = {field: env[name] for field, name in ENV_NAMES.items() if name in env}
+        return cls.model_validate(values)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings of this process (read once per container)."""
+    return Settings.from_env()
