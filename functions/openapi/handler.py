@@ -1,8 +1,8 @@
 """Serves the OpenAPI document of the whole API (no authorizer on this one route)."""
 
-from coupons.openapi import document
-from coupons.http import build_app, entry, json_response
 from aws_lambda_powertools.event_handler import Response
+from coupons.http import build_app, entry, json_response
+from coupons.openapi import document
 
 app = build_app()
 

@@ -95,7 +95,7 @@ def _run(args: argparse.Namespace) -> int:
         headers={"X-Local-Control": state["control_secret"], "Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=600) as response:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(request, timeout=600) as response:
             print(response.read().decode())
     except urllib.error.HTTPError as error:
         print(error.read().decode(), file=sys.stderr)

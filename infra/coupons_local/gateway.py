@@ -155,7 +155,7 @@ class Gateway:
         result = self.host.invoke(function, event)
         return self._response(result)
 
-    def _event(self, request: Request, route: r.Route, args: dict[str, str], body: bytes,
+    def _event(self, request: Request, route: r.Route, args: Any, body: bytes,
                claims: dict[str, str] | None) -> dict[str, Any]:
         try:
             text: str | None = body.decode("utf-8") if body else None

@@ -29,7 +29,7 @@ def seed(api_url: str, admin_token: str) -> list[dict[str, Any]]:
             headers={"Authorization": f"Bearer {admin_token}", "Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback only
+            with urllib.request.urlopen(request, timeout=30) as response:
                 created.append(json.loads(response.read()))
         except urllib.error.HTTPError as error:
             raise RuntimeError(f"seeding {body['code']} failed: {error.code} {error.read().decode()}") from None

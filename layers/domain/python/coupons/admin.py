@@ -159,7 +159,7 @@ class AdminService:
                 campaign_id is None or found.get("campaign_id") == campaign_id)
             return {"items": [found] if keep else [], "next_cursor": None}
         now = self._clock()
-        records, next_cursor = self._store.list(status=status, campaign_id=campaign_id, limit=limit,
+        records, next_cursor = self._store.list_page(status=status, campaign_id=campaign_id, limit=limit,
                                                 cursor=cursor, now=now)
         items = [self.view(r) for r in records]
         if status is not None:

@@ -42,8 +42,8 @@ def _redact(value: Any) -> Any:
 class RedactingFormatter(LambdaPowertoolsFormatter):
     """Plaintext codes, tokens and bodies never reach a log line, whatever a caller logs."""
 
-    def serialize(self, log: dict[str, Any]) -> str:
-        return super().serialize(_redact(log))
+    def serialize(self, log: Any) -> str:
+        return super().serialize(_redact(log) if isinstance(log, Mapping) else log)
 
 
 logger = Logger(service=SERVICE, logger_formatter=RedactingFormatter())

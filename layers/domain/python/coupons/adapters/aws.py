@@ -7,20 +7,20 @@ process at another endpoint first (boto3 honours AWS_ENDPOINT_URL).
 from __future__ import annotations
 
 import threading
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 _lock = threading.Lock()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _session() -> Any:
     import boto3
 
     return boto3.session.Session()
 
 
-@lru_cache(maxsize=None)
+@cache
 def client(service: str) -> Any:
     from botocore.config import Config
 

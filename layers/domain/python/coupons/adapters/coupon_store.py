@@ -160,7 +160,7 @@ class CouponStore:
             raise CouponNotFound()
         return coupon_record(item)
 
-    def list(self, *, status: str | None, campaign_id: str | None, limit: int, cursor: str | None,
+    def list_page(self, *, status: str | None, campaign_id: str | None, limit: int, cursor: str | None,
              now: datetime) -> tuple[list[dict[str, Any]], str | None]:
         now_epoch = {":now": {"N": str(epoch(now))}}
         not_expired = ("expires_epoch > :now", now_epoch)

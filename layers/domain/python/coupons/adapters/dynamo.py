@@ -47,7 +47,7 @@ def to_item(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def to_value(value: Any) -> dict[str, Any]:
-    return _serializer.serialize(value)
+    return dict(_serializer.serialize(value))
 
 
 def from_item(item: Mapping[str, Any] | None) -> Item | None:

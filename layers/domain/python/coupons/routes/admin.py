@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
@@ -15,7 +15,7 @@ from ..wiring import admin_service
 router = APIGatewayRouter()
 
 CouponId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
-_ERRORS = {400: {"description": "VALIDATION_ERROR"}, 401: {"description": "UNAUTHENTICATED"},
+_ERRORS: dict[int, Any] = {400: {"description": "VALIDATION_ERROR"}, 401: {"description": "UNAUTHENTICATED"},
            403: {"description": "FORBIDDEN"}}
 
 
@@ -60,7 +60,7 @@ def update_coupon(coupon_id: CouponId, body: Annotated[CouponUpdate, Body()]) ->
 
 @router.delete("/coupons/<coupon_id>", summary="Delete a coupon (its history stays)", tags=["admin"],
                responses={204: {"description": "Deleted"}, 404: {"description": "COUPON_NOT_FOUND"}, **_ERRORS})
-def delete_coupon(coupon_id: CouponId) -> Response[None]:
+def delete_coupon(coupon_id: CouponId) -> Response[str]:
     who = require_admin(router)
     admin_service().delete(coupon_id, who.user_id)
     return Response(status_code=204, body="")

@@ -1,0 +1,1 @@
+"""`make bench`: performance figures, measured rather than asserted in timed tests."""
