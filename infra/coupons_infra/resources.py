@@ -38,6 +38,8 @@ class Bucket:
     env: str
     name: str
     purpose: str
+    # S3 event notification: objects created under this prefix go to this queue (key in QUEUES).
+    notify_prefix_to_queue: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ class Function:
     grants: tuple[tuple[str, str, str], ...] = ()
     schedule: Schedule | None = None
     queue: str | None = None  # consumes this queue
+    queue_batch_size: int = 10  # SQS event source: messages per invocation (ReportBatchItemFailures on)
+    queue_max_concurrency: int | None = None  # SQS event source ScalingConfig.MaximumConcurrency
     stream_of: str | None = None  # consumes this table's stream
 
     @property
@@ -100,12 +104,17 @@ JOBS_TABLE = Table(key="jobs", env="JOBS_TABLE", name="coupons-jobs", ttl_attrib
 TABLES = (COUPONS_TABLE, GUARDS_TABLE, JOBS_TABLE)
 
 BUCKETS = (
-    Bucket("imports", "IMPORTS_BUCKET", "coupons-imports", "marketing's CSV uploads and their results"),
+    Bucket("imports", "IMPORTS_BUCKET", "coupons-imports", "marketing's CSV uploads and their results",
+           notify_prefix_to_queue=("incoming/", "imports")),
     Bucket("exports", "EXPORTS_BUCKET", "coupons-exports", "generated codes (plaintext, SSE-KMS)"),
     Bucket("reports", "REPORTS_BUCKET", "coupons-reports", "finance's daily reports"),
 )
 
-QUEUES: tuple[Queue, ...] = ()
+QUEUES: tuple[Queue, ...] = (
+    # Bulk (issue 5). Visibility = 6x the consumer's timeout (AWS's advice for SQS event sources).
+    Queue("imports", "IMPORTS_QUEUE_URL", "coupons-imports", visibility_timeout_seconds=5400),
+    Queue("generation", "GENERATION_QUEUE_URL", "coupons-generation", visibility_timeout_seconds=5400),
+)
 
 KMS_KEY_ALIAS = "alias/coupons"
 EVENT_BUS_NAME = "coupons"

@@ -34,6 +34,10 @@ ENV_NAMES: dict[str, str] = {
     "exports_bucket": "EXPORTS_BUCKET",
     "reports_bucket": "REPORTS_BUCKET",
     "generation_queue_url": "GENERATION_QUEUE_URL",
+    "imports_queue_url": "IMPORTS_QUEUE_URL",
+    "import_range_bytes": "IMPORT_RANGE_BYTES",
+    "import_checkpoint_rows": "IMPORT_CHECKPOINT_ROWS",
+    "generation_batch_size": "GENERATION_BATCH_SIZE",
     "admin_group": "ADMIN_GROUP",
 }
 
@@ -66,6 +70,12 @@ class Settings(BaseModel):
     exports_bucket: str = "coupons-exports"
     reports_bucket: str = "coupons-reports"
     generation_queue_url: str = ""
+    # Bulk (issue 5): files above import_range_bytes are split into ranges imported in parallel;
+    # progress is checkpointed every import_checkpoint_rows rows; generation fans out in batches.
+    imports_queue_url: str = ""
+    import_range_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    import_checkpoint_rows: int = Field(default=1000, ge=1, le=100_000)
+    generation_batch_size: int = Field(default=1000, ge=1, le=10_000)
     admin_group: str = "coupon-admins"
 
     @field_validator("discount_type", mode="before")
