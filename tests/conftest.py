@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,3 +167,53 @@ def unique(prefix: str = "T") -> str:
     import secrets
 
     return f"{prefix}{secrets.token_hex(6).upper()}"
+
+
+# --- integration: the real adapters against moto in-process, provisioned from resources.py ---
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """moto in-process, the local stack's resources, and the functions' environment."""
+    from coupons import wiring
+    from coupons_local.provision import function_environment, provision
+    from moto import mock_aws
+
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        provisioned = provision()
+        for key, value in function_environment(provisioned, {}).items():
+            monkeypatch.setenv(key, value)
+        wiring.reset()
+        yield provisioned
+        wiring.reset()
+    os.environ.pop("AWS_ENDPOINT_URL", None)
+
+
+class CallCounter:
+    """Counts AWS API calls per service and operation with botocore's event hooks."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+
+    def __call__(self, model: Any, **_: Any) -> None:
+        self.calls[f"{model.service_model.service_name}:{model.name}"] += 1
+
+    def attach(self, *services: str) -> CallCounter:
+        from coupons.adapters import aws
+
+        for service in services:
+            aws.client(service).meta.events.register("before-call.*.*", self)
+        return self
+
+    def by_service(self, service: str) -> int:
+        return sum(n for key, n in self.calls.items() if key.startswith(f"{service}:"))
+
+
+@pytest.fixture
+def count_calls(aws_env: Any) -> CallCounter:
+    return CallCounter()

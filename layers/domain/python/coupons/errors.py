@@ -78,6 +78,10 @@ class TryAgain(DomainError):
     status, code, message = 503, "TRY_AGAIN", "The store is busy; nothing was changed. Try again."
 
 
+class InternalError(DomainError):
+    status, code, message = 500, "INTERNAL_ERROR", "Something went wrong."
+
+
 class PayloadTooLarge(DomainError):
     status, code, message = 400, "VALIDATION_ERROR", "The request body is too large."
 

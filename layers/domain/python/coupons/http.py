@@ -17,12 +17,21 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, CORSConf
 from aws_lambda_powertools.event_handler.openapi.exceptions import (
     RequestUnsupportedContentType,
     RequestValidationError,
+    ResponseValidationError,
 )
 from aws_lambda_powertools.event_handler.router import Router
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from .errors import DomainError, Forbidden, PayloadTooLarge, RouteNotFound, Unauthenticated, ValidationFailed
+from .errors import (
+    DomainError,
+    Forbidden,
+    InternalError,
+    PayloadTooLarge,
+    RouteNotFound,
+    Unauthenticated,
+    ValidationFailed,
+)
 from .models import validation_details
 from .settings import get_settings
 
@@ -112,24 +121,44 @@ def json_response(status: int, body: Any) -> Response:
     return Response(status_code=status, content_type="application/json", body=json.dumps(body, default=str))
 
 
-def _body_size_guard(app: APIGatewayRestResolver, next_middleware: Callable[..., Response]) -> Response:
-    body = app.current_event.body
-    if body is not None and len(body) > MAX_BODY_BYTES:
-        return error_response(PayloadTooLarge(
-            details=[{"field": "body", "message": f"at most {MAX_BODY_BYTES} bytes"}]))
-    return next_middleware(app)
+def body_rejection(event: dict[str, Any]) -> DomainError | None:
+    """Bodies no route could accept, refused before parsing (Powertools' validation runs first
+    otherwise, and would crash on bytes that are not UTF-8 or unwrap a one-element array)."""
+    body = event.get("body")
+    if not body:
+        return None
+    if len(body) > MAX_BODY_BYTES:
+        return PayloadTooLarge(details=[{"field": "body", "message": f"at most {MAX_BODY_BYTES} bytes"}])
+    if event.get("isBase64Encoded"):
+        return ValidationFailed("The body must be UTF-8 JSON.", details=[{"field": "body", "message": "not UTF-8 text"}])
+    if event.get("httpMethod") in ("POST", "PUT") and not body.lstrip().startswith("{"):
+        return ValidationFailed("The body must be a JSON object.",
+                                details=[{"field": "body", "message": "send a JSON object"}])
+    return None
+
+
+def _proxy_error(error: DomainError) -> dict[str, Any]:
+    headers = {"Content-Type": "application/json", "Access-Control-Allow-Origin": "*"}
+    if error.retry_after:
+        headers["Retry-After"] = str(error.retry_after)
+    return {"statusCode": error.status, "headers": headers, "body": json.dumps(error.body())}
 
 
 def build_app(*routers: Router) -> APIGatewayRestResolver:
     app = APIGatewayRestResolver(
         enable_validation=True,
+        response_validation_error_http_code=500,
         cors=CORSConfig(allow_origin="*", allow_headers=["Authorization", "Content-Type"], max_age=600),
     )
-    app.use(middlewares=[_body_size_guard])
 
     @app.exception_handler(RequestValidationError)
     def _invalid(error: RequestValidationError) -> Response:
         return error_response(ValidationFailed(details=validation_details(error.errors())))
+
+    @app.exception_handler(ResponseValidationError)
+    def _bad_response(error: ResponseValidationError) -> Response:
+        logger.error("response failed its schema", extra={"errors": str(error.errors())[:2000]})
+        return json_response(500, {"error": {"code": "INTERNAL_ERROR", "message": "Something went wrong."}})
 
     @app.exception_handler(RequestUnsupportedContentType)
     def _content_type(error: RequestUnsupportedContentType) -> Response:
@@ -157,14 +186,13 @@ def entry(app: APIGatewayRestResolver) -> Callable[[dict[str, Any], LambdaContex
     @logger.inject_lambda_context(correlation_id_path="requestContext.requestId", log_event=False)
     @metrics.log_metrics
     def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        rejected = body_rejection(event)
+        if rejected is not None:
+            return _proxy_error(rejected)
         try:
             return app.resolve(event, context)
         except Exception:  # a bug must still answer with the envelope, never a traceback
             logger.exception("unhandled error")
-            return {
-                "statusCode": 500,
-                "headers": {"Content-Type": "application/json", "Access-Control-Allow-Origin": "*"},
-                "body": json.dumps({"error": {"code": "INTERNAL_ERROR", "message": "Something went wrong."}}),
-            }
+            return _proxy_error(InternalError())
 
     return handler

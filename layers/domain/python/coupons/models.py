@@ -234,8 +234,10 @@ def validation_details(error: ValidationError | Sequence[Any]) -> list[dict[str,
     details = []
     errors = error.errors(include_url=False) if isinstance(error, ValidationError) else error
     for item in errors:
-        location = [str(p) for p in item.get("loc", ())[1 if item.get("loc", ("",))[0] in
-                                                       ("body", "query", "path") else 0:]]
+        loc = tuple(item.get("loc") or ())
+        if loc and loc[0] in ("body", "query", "path"):
+            loc = loc[1:]
+        location = [str(p) for p in loc]
         context = item.get("ctx") or {}
         inner = context.get("error")
         if isinstance(inner, _FieldError):
