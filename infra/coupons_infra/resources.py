@@ -80,11 +80,22 @@ class Function:
     queue: str | None = None  # consumes this queue
     queue_batch_size: int = 10  # SQS event source: messages per invocation (ReportBatchItemFailures on)
     queue_max_concurrency: int | None = None  # SQS event source ScalingConfig.MaximumConcurrency
-    stream_of: str | None = None  # consumes this table's stream
+    stream_of: str | tuple[str, ...] | None = None  # consumes this table's (or these tables') stream
+    # Stream event source (issue 6): records per invocation; on AWS also bisect-on-error,
+    # ReportBatchItemFailures, these retries, then the record goes to an SQS on-failure DLQ.
+    stream_batch_size: int = 100
+    stream_retry_attempts: int = 10
 
     @property
     def directory(self) -> Path:
         return FUNCTIONS_DIR / self.name
+
+    @property
+    def stream_tables(self) -> tuple[str, ...]:
+        """The table keys whose streams this function consumes (stream_of as a tuple)."""
+        if self.stream_of is None:
+            return ()
+        return (self.stream_of,) if isinstance(self.stream_of, str) else tuple(self.stream_of)
 
 
 COUPONS_TABLE = Table(
@@ -119,6 +130,13 @@ QUEUES: tuple[Queue, ...] = (
 KMS_KEY_ALIAS = "alias/coupons"
 EVENT_BUS_NAME = "coupons"
 EVENT_SOURCE = "coupons"
+EVENT_ARCHIVE_RETENTION_DAYS = 365  # the bus's archive (every event), for replay
+
+# Schedules (issue 6). The local stack fires them on the same cron.
+EXPIRY_SWEEP_SCHEDULE = Schedule("expiry-sweep", "0 * * * ? *", 3600,
+                                 "Hourly: coupons past expires_at get status expired")
+DAILY_REPORT_SCHEDULE = Schedule("daily-report", "0 1 * * ? *", 86400,
+                                 "01:00 UTC: the previous UTC day's finance report to the reports bucket")
 
 READ, WRITE, READWRITE = "read", "write", "readwrite"
 _CODES = (("table", "coupons", READWRITE), ("key", "kms", "decrypt"), ("key", "kms", "generate"))
@@ -141,6 +159,38 @@ FUNCTIONS: tuple[Function, ...] = (
         description="The OpenAPI document of the whole API",
         routes=(Route("GET", "/openapi.json", public=True),),
         memory_mb=256,
+    ),
+    # Events, expiry, reports (issue 6).
+    Function(
+        name="publisher",
+        description="Outbox: table streams -> contract events on the EventBridge bus",
+        memory_mb=256,
+        timeout_seconds=60,
+        grants=(("bus", "events", "put"),),  # stream reads come with the event source mappings
+        stream_of=("coupons", "guards", "jobs"),
+    ),
+    Function(
+        name="expiry_sweep",
+        description="Marks coupons past expires_at expired (through the expiry index)",
+        timeout_seconds=300,
+        grants=(("table", "coupons", READWRITE),),
+        schedule=EXPIRY_SWEEP_SCHEDULE,
+    ),
+    Function(
+        name="daily_report",
+        description="Daily finance report: CSV, summary.json and chart to the reports bucket",
+        memory_mb=1024,
+        timeout_seconds=900,
+        grants=(("table", "coupons", READ), ("table", "guards", READ), ("bucket", "reports", WRITE)),
+        schedule=DAILY_REPORT_SCHEDULE,
+    ),
+    Function(
+        name="reports",
+        description="Finance API: redemption totals for a date range",
+        routes=(Route("GET", "/reports/summary"),),
+        memory_mb=1024,
+        timeout_seconds=29,
+        grants=(("table", "coupons", READ), ("table", "guards", READ)),
     ),
 )
 

@@ -1,0 +1,158 @@
+"""What the finance reports read and write: the day indexes, the guards table, the reports bucket.
+
+Redemptions are found through write-sharded day indexes on the coupons table
+(written by the checkout store):
+
+- redemptions made on a UTC day: gsi3, `gsi3pk=DAY#<YYYY-MM-DD>#<shard>`;
+- rollbacks made on a UTC day:   gsi4, `gsi4pk=RBDAY#<YYYY-MM-DD>#<shard>`;
+
+Every shard is read and the shards are merged on the index sort key (each
+shard comes back sorted by it), so a day streams through in order with only a
+page per shard in memory. No Scan anywhere.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+from datetime import date
+from typing import IO, Any
+
+from botocore.exceptions import ClientError
+
+from .dynamo import Item, from_item, translate
+
+try:  # the checkout store owns the shard count of the day index
+    from .checkout_store import DAY_SHARDS
+except ImportError:  # pragma: no cover - only before the checkout store exists
+    DAY_SHARDS = 8
+
+PAGE_LIMIT = 1000
+REDEMPTION_FIELDS = (
+    "redemption_id", "coupon_id", "campaign_id", "user_id", "order_id", "channel", "currency",
+    "discount_amount", "status", "redeemed_at", "rolled_back_at",
+)
+
+
+class DynamoReportSource:
+    """Reads one UTC day's redemptions, rollbacks, failed attempts and suspicious activity."""
+
+    def __init__(self, dynamodb: Any, coupons_table: str, guards_table: str, *, shards: int = DAY_SHARDS,
+                 page_limit: int = PAGE_LIMIT) -> None:
+        self._db = dynamodb
+        self._coupons = coupons_table
+        self._guards = guards_table
+        self._shards = shards
+        self._page_limit = page_limit
+
+    # --- the day indexes ------------------------------------------------------------------------
+
+    def redemptions(self, day: date) -> Iterator[Item]:
+        """Every redemption made on this day (whatever its status now), in index order."""
+        return self._merged("gsi3", "gsi3pk", "gsi3sk", f"DAY#{day.isoformat()}")
+
+    def rollbacks(self, day: date) -> Iterator[Item]:
+        """Every rollback made on this day, in index order."""
+        return self._merged("gsi4", "gsi4pk", "gsi4sk", f"RBDAY#{day.isoformat()}")
+
+    def _merged(self, index: str, pk_name: str, sk_name: str, prefix: str) -> Iterator[Item]:
+        streams = [self._partition(index, pk_name, f"{prefix}#{shard}") for shard in range(self._shards)]
+        return heapq.merge(*streams, key=lambda item: str(item.get(sk_name, "")))
+
+    def _partition(self, index: str, pk_name: str, value: str) -> Iterator[Item]:
+        projection = ", ".join(f"#a{i}" for i in range(len(REDEMPTION_FIELDS) + 1))
+        names = {f"#a{i}": name for i, name in enumerate((*REDEMPTION_FIELDS, f"{index}sk"))}
+        request: dict[str, Any] = {
+            "TableName": self._coupons,
+            "IndexName": index,
+            "KeyConditionExpression": "#pk = :pk",
+            "ExpressionAttributeNames": {"#pk": pk_name, **names},
+            "ExpressionAttributeValues": {":pk": {"S": value}},
+            "ProjectionExpression": projection,
+            "Limit": self._page_limit,
+        }
+        while True:
+            try:
+                page = self._db.query(**request)
+            except ClientError as error:
+                raise translate(error) from error
+            for raw in page.get("Items", []):
+                item = from_item(raw)
+                if item is not None:
+                    yield item
+            start = page.get("LastEvaluatedKey")
+            if not start:
+                return
+            request["ExclusiveStartKey"] = start
+
+    # --- the guards table -----------------------------------------------------------------------
+
+    def _guards_partition(self, pk: str) -> Iterator[Item]:
+        request: dict[str, Any] = {
+            "TableName": self._guards,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": pk}},
+        }
+        while True:
+            try:
+                page = self._db.query(**request)
+            except ClientError as error:
+                raise translate(error) from error
+            for raw in page.get("Items", []):
+                item = from_item(raw)
+                if item is not None:
+                    yield item
+            start = page.get("LastEvaluatedKey")
+            if not start:
+                return
+            request["ExclusiveStartKey"] = start
+
+    def failed_attempts(self, day: date) -> int:
+        """Failed guesses (validate/redeem answered COUPON_NOT_FOUND) counted on this day."""
+        return sum(int(item.get("count", 0) or 0) for item in self._guards_partition(f"FAILED#{day.isoformat()}"))
+
+    def suspicious(self, day: date) -> list[Item]:
+        """Fraud flags and lockouts raised on this day (storage keys left out)."""
+        flagged = []
+        for item in self._guards_partition(f"FRAUD#{day.isoformat()}"):
+            flagged.append({k: v for k, v in item.items()
+                            if k not in ("pk", "sk", "ttl", "entity") and not k.startswith("gsi")
+                            and not isinstance(v, bytes | bytearray)})
+        return flagged
+
+
+class S3ReportSink:
+    """The reports bucket: one folder per day, overwritten when the day is re-run."""
+
+    def __init__(self, s3: Any, bucket: str) -> None:
+        self._s3 = s3
+        self._bucket = bucket
+
+    def put_bytes(self, key: str, body: bytes, content_type: str) -> None:
+        try:
+            self._s3.put_object(Bucket=self._bucket, Key=key, Body=body, ContentType=content_type)
+        except ClientError as error:
+            raise translate(error) from error
+
+    def put_file(self, key: str, body: IO[bytes], content_type: str) -> None:
+        body.seek(0)
+        try:
+            self._s3.upload_fileobj(body, self._bucket, key, ExtraArgs={"ContentType": content_type})
+        except ClientError as error:
+            raise translate(error) from error
+
+
+def default_source() -> DynamoReportSource:
+    """The source this process's settings name (clients are created lazily, on first call)."""
+    from ..settings import get_settings
+    from . import aws
+
+    settings = get_settings()
+    return DynamoReportSource(aws.client("dynamodb"), settings.coupons_table, settings.guards_table)
+
+
+def default_sink() -> S3ReportSink:
+    from ..settings import get_settings
+    from . import aws
+
+    return S3ReportSink(aws.client("s3"), get_settings().reports_bucket)
