@@ -40,6 +40,9 @@ class Bucket:
     purpose: str
     # S3 event notification: objects created under this prefix go to this queue (key in QUEUES).
     notify_prefix_to_queue: tuple[str, str] | None = None
+    # Lifecycle on AWS: objects under each prefix expire after that many days ("" = the whole bucket).
+    # Every bucket also aborts incomplete multipart uploads and expires noncurrent versions (CDK).
+    expire_after_days: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,11 @@ class Function:
     routes: tuple[Route, ...] = ()
     memory_mb: int = 512
     timeout_seconds: int = 10
-    # What it may touch: ("table", key, "read"|"write"|"readwrite"), ("key", "kms", "encrypt"|"decrypt"),
-    # ("bucket", key, ...), ("queue", key, "send"|"consume"), ("bus", "events", "put").
+    # What it may touch: ("table", key, "read"|"write"|"readwrite"),
+    # ("key", "kms", "encrypt"|"decrypt"|"generate") (on AWS only with EncryptionContext purpose=coupon-codes),
+    # ("bucket", key, "read"|"write"|"put"|"readwrite"|"delete", optionally ":<prefix>", e.g. "put:results/"),
+    # ("queue", key, "send"|"consume"), ("bus", "events", "put"). The CDK app turns each into
+    # least-privilege IAM statements (infra/coupons_infra/constructs/functions.py) and refuses unknown ones.
     grants: tuple[tuple[str, str, str], ...] = ()
     schedule: Schedule | None = None
     queue: str | None = None  # consumes this queue
@@ -85,6 +91,7 @@ class Function:
     # ReportBatchItemFailures, these retries, then the record goes to an SQS on-failure DLQ.
     stream_batch_size: int = 100
     stream_retry_attempts: int = 10
+    reserved_concurrency: int | None = None  # AWS only: reserve (and cap) concurrent executions
 
     @property
     def directory(self) -> Path:
