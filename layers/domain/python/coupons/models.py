@@ -127,7 +127,13 @@ NameList = Annotated[list[ShortText], Field(max_length=MAX_LIST_ITEMS)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+    # defer_build: a function builds the validators of the models it uses on first use,
+    # not those of every model in the package at import (cold start).
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(defer_build=True)
 
 
 class CouponFields(_Strict):
@@ -168,7 +174,7 @@ class CouponUpdate(CouponFields):
 class CouponSpec(BaseModel):
     """A complete, consistent coupon definition (after defaults and merging)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     discount_type: DiscountType
     discount_value: int | Decimal
@@ -282,7 +288,7 @@ def checked_spec(values: dict[str, Any]) -> CouponSpec:
         raise ValidationFailed(details=validation_details(error)) from None
 
 
-class CouponView(BaseModel):
+class CouponView(_Out):
     """A coupon as admins see it (the only place the plaintext code appears)."""
 
     id: str
@@ -311,7 +317,7 @@ class CouponView(BaseModel):
     updated_at: datetime
 
 
-class CouponPage(BaseModel):
+class CouponPage(_Out):
     items: list[CouponView]
     next_cursor: str | None
 
@@ -341,7 +347,7 @@ class RedeemRequest(ValidateRequest):
     order_id: Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
 
 
-class ValidationResult(BaseModel):
+class ValidationResult(_Out):
     valid: bool
     coupon_id: str
     discount_type: DiscountType
@@ -355,7 +361,7 @@ class ValidationResult(BaseModel):
 RedemptionStatus = Literal["redeemed", "rolled_back"]
 
 
-class RedemptionView(BaseModel):
+class RedemptionView(_Out):
     redemption_id: str
     coupon_id: str
     order_id: str
@@ -368,7 +374,7 @@ class RedemptionView(BaseModel):
     rolled_back_at: datetime | None = None
 
 
-class RedemptionPage(BaseModel):
+class RedemptionPage(_Out):
     items: list[RedemptionView]
     next_cursor: str | None
 
