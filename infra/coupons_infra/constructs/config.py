@@ -1,0 +1,110 @@
+"""What the stack reads from CDK context (cdk.json, or `-c key=value` on the command line).
+
+Every knob has a production default, so `make synth` works with an empty context. Values given
+on the command line arrive as strings; they are coerced here, in one place.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import resources as r
+
+CHANNELS = ("web", "mobile", "pos")
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _as_list(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return tuple(str(v) for v in json.loads(text))
+        return tuple(v.strip() for v in text.split(",") if v.strip())
+    return tuple(str(v) for v in value)
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)
+
+
+def seed_environment(get: Callable[[str], Any]) -> dict[str, str]:
+    """The seed options (and abuse-defence settings) present in context, as function env vars."""
+    env = {}
+    for key, name in r.SEED_OPTIONS.items():
+        value = get(key)
+        if value is not None:
+            env[name] = _text(value)
+    return env
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    seed_environment: dict[str, str] = field(default_factory=dict)
+    name_prefix: str = "coupons"  # physical names: buckets, bus, alias, API
+    stage_name: str = "v1"
+    web_origins: tuple[str, ...] = ("https://shop.example.com",)
+    throttle_rate: int = 1000  # stage-wide steady requests/s
+    throttle_burst: int = 2000
+    # Per channel client usage plan: (requests/s, burst, requests/day).
+    channel_limits: dict[str, tuple[int, int, int]] = field(default_factory=lambda: {
+        "web": (500, 1000, 5_000_000), "mobile": (500, 1000, 5_000_000), "pos": (200, 400, 2_000_000)})
+    require_api_keys: bool = False  # API keys enforce the channel usage plans (off: the contract's
+    # clients send only a bearer token)
+    waf_rate_limit: int = 2000  # requests per IP per 5 minutes
+    log_retention_days: int = 90
+    alarm_email: str | None = None
+    lockout_alarm_threshold: int = 50  # lockouts per 5 minutes that page a person
+    api_5xx_alarm_rate: float = 0.01  # fraction of requests
+    cognito_threat_protection: bool = False  # Cognito Plus plan, billed per monthly active user
+    termination_protection: bool = True
+
+    @classmethod
+    def from_context(cls, context: Mapping[str, Any] | Callable[[str], Any]) -> StackConfig:
+        get: Callable[[str], Any] = context.get if isinstance(context, Mapping) else context
+        defaults = cls()
+
+        def pick(key: str, default: Any, convert: Callable[[Any], Any]) -> Any:
+            value = get(key)
+            return default if value is None else convert(value)
+
+        limits = get("channel_limits")
+        if isinstance(limits, str):
+            limits = json.loads(limits)
+        channel_limits = dict(defaults.channel_limits)
+        for channel, triple in (limits or {}).items():
+            if channel not in CHANNELS:
+                raise ValueError(f"channel_limits: unknown channel {channel!r} (expected {CHANNELS})")
+            channel_limits[channel] = (int(triple[0]), int(triple[1]), int(triple[2]))
+        alarm_email = get("alarm_email")
+        return cls(
+            seed_environment=seed_environment(get),
+            name_prefix=pick("name_prefix", defaults.name_prefix, str),
+            stage_name=pick("stage_name", defaults.stage_name, str),
+            web_origins=pick("web_origins", defaults.web_origins, _as_list),
+            throttle_rate=pick("throttle_rate", defaults.throttle_rate, int),
+            throttle_burst=pick("throttle_burst", defaults.throttle_burst, int),
+            channel_limits=channel_limits,
+            require_api_keys=pick("require_api_keys", defaults.require_api_keys, _as_bool),
+            waf_rate_limit=pick("waf_rate_limit", defaults.waf_rate_limit, int),
+            log_retention_days=pick("log_retention_days", defaults.log_retention_days, int),
+            alarm_email=str(alarm_email) if alarm_email else None,
+            lockout_alarm_threshold=pick("lockout_alarm_threshold", defaults.lockout_alarm_threshold, int),
+            api_5xx_alarm_rate=pick("api_5xx_alarm_rate", defaults.api_5xx_alarm_rate, float),
+            cognito_threat_protection=pick("cognito_threat_protection", defaults.cognito_threat_protection,
+                                           _as_bool),
+            termination_protection=pick("termination_protection", defaults.termination_protection, _as_bool),
+        )
