@@ -161,6 +161,25 @@ FUNCTIONS: tuple[Function, ...] = (
         ),
         grants=_CODES,
     ),
+    # Checkout (issue 3): validation and redemption, separate functions sharing the domain layer.
+    # KMS decrypt only: the keyring is unwrapped once per container (created with the first coupon).
+    Function(
+        name="validate",
+        description="Checkout: validate a code against an order (one read; failed guesses counted)",
+        routes=(Route("POST", "/coupons/validate"),),
+        grants=(("table", "coupons", READ), ("table", "guards", READWRITE), ("key", "kms", "decrypt")),
+    ),
+    Function(
+        name="redeem",
+        description="Checkout: redeem, read and roll back redemptions; a coupon's redemptions (admin)",
+        routes=(
+            Route("POST", "/redemptions"),
+            Route("GET", "/redemptions/{redemption_id}"),
+            Route("POST", "/redemptions/{redemption_id}/rollback"),
+            Route("GET", "/coupons/{coupon_id}/redemptions"),
+        ),
+        grants=(("table", "coupons", READWRITE), ("table", "guards", READWRITE), ("key", "kms", "decrypt")),
+    ),
     Function(
         name="openapi",
         description="The OpenAPI document of the whole API",

@@ -20,7 +20,8 @@ from .gateway import FunctionHost, Gateway
 from .provision import Provisioned, function_environment, provision
 
 # Seed options and abuse-defence settings a user may set in the environment of `serve`.
-CONFIG_VARS = (*tuple(r.SEED_OPTIONS.values()), "FRAUD_DISTINCT_USERS_PER_IP", "HOT_COUPON_SHARDS", "POWERTOOLS_LOG_LEVEL")
+CONFIG_VARS = (*tuple(r.SEED_OPTIONS.values()), "FRAUD_DISTINCT_USERS_PER_IP", "HOT_COUPON_SHARDS", "POWERTOOLS_LOG_LEVEL",
+               "HOT_COUPON_THRESHOLD")
 
 Job = Callable[[dict[str, Any]], Any]
 # Background workers and on-demand jobs register here (S3 imports, stream publisher, schedules).

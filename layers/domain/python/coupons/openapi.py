@@ -7,7 +7,8 @@ from functools import lru_cache
 from typing import Any
 
 # Each entry is a routes module with a `router`; later issues append theirs.
-ROUTE_MODULES = ("coupons.routes.admin", "coupons.routes.reports")
+ROUTE_MODULES = ("coupons.routes.admin", "coupons.routes.reports", "coupons.routes.checkout",
+                 "coupons.routes.redemptions")
 
 
 @lru_cache(maxsize=1)

@@ -24,6 +24,7 @@ ENV_NAMES: dict[str, str] = {
     "failed_attempt_window_seconds": "FAILED_ATTEMPT_WINDOW_SECONDS",
     "fraud_distinct_users_per_ip": "FRAUD_DISTINCT_USERS_PER_IP",
     "hot_coupon_shards": "HOT_COUPON_SHARDS",
+    "hot_coupon_threshold": "HOT_COUPON_THRESHOLD",
     "coupons_table": "COUPONS_TABLE",
     "guards_table": "GUARDS_TABLE",
     "jobs_table": "JOBS_TABLE",
@@ -57,7 +58,10 @@ class Settings(BaseModel):
     failed_attempts_per_ip: int = Field(default=100, ge=1)
     failed_attempt_window_seconds: int = Field(default=600, ge=1)
     fraud_distinct_users_per_ip: int = Field(default=20, ge=2)
-    hot_coupon_shards: int = Field(default=8, ge=1, le=64)
+    # Hot coupons (checkout): a coupon with max_uses >= the threshold splits its cap across this many
+    # shard items on its first redemption; 32 keeps each under ~400 writes/s at 10,000 redemptions/s.
+    hot_coupon_shards: int = Field(default=32, ge=1, le=64)
+    hot_coupon_threshold: int = Field(default=1000, ge=1)
 
     # Resources.
     coupons_table: str = "coupons"

@@ -1,0 +1,559 @@
+"""The checkout's DynamoDB access: one read, one transaction, and the guards table.
+
+Coupons table (besides the coupon items of coupon_store):
+
+- usage         pk=USAGE#<code hash>       sk=USER#<sub>   coupon_id, uses (stale when coupon_id differs)
+- redemption    pk=REDEMPTION#<id>         sk=REDEMPTION   id = uuid5(coupon_id, order_id)
+                gsi1 CREDEEM#<coupon_id> / <redeemed_at>#<id>       redemptions of a coupon
+                gsi2 UREDEEM#<sub> / <redeemed_at>#<id>              redemptions of a user
+                gsi3 DAY#<YYYY-MM-DD>#<0..DAY_SHARDS-1> / <at>#<id>  redemptions of a UTC day
+                gsi4 RBDAY#<YYYY-MM-DD>#<shard> / <at>#<id>          rollbacks of a UTC day
+- shard         pk=SHARD#<coupon_id>#<nn>  sk=SHARD        remaining, redeemed (hot coupons only)
+
+  A sharded coupon item carries one map `shards` = {n, cap, exhausted_at?, exhausted_cap?}.
+  Shards have their own partition keys (write sharding needs distinct partitions) and are
+  keyed by coupon id, so a re-code does not orphan them.
+
+Guards table (TTL attribute `ttl`):
+
+- failures      pk=FAIL#user#<sub> | FAIL#ip#<ip>  sk=W#<bucket>   count
+- IP's users    pk=IPUSERS#<ip>     sk=W#<bucket>                   users (string set, capped)
+- day totals    pk=FAILED#<YYYY-MM-DD>  sk=SHARD#<n>                count (sum the shards)
+- fraud flags   pk=FRAUD#<YYYY-MM-DD>   sk=<kind>#<scope>#<subject>#<bucket>
+                entity=fraud, kind lockout|many_users_one_ip, scope user|ip, user_id|ip,
+                count, limit, window_seconds, at (one per subject and bucket: re-raising it
+                overwrites, so the stream's INSERT happens once)
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..clock import epoch, iso
+from ..guards import Counts
+from .coupon_store import code_pk, coupon_record, id_pk
+from .dynamo import Item, error_code, from_item, is_transient, key, paged_query, to_item, to_value
+
+DAY_SHARDS = 8  # gsi3/gsi4 day partitions; the reports read every one of them
+FAILED_SHARDS = 8  # FAILED#<day> counter items
+FRAUD_TTL_DAYS = 400
+BATCH_GET_ATTEMPTS = 4
+_CONFLICT_CODES = {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded",
+                   "RequestLimitExceeded", "InternalServerError", "TransactionInProgress"}
+
+
+class StoreBusy(Exception):
+    """A transient failure (throttling, a conflicting transaction, a timeout): safe to retry."""
+
+
+@dataclass
+class Cancelled(Exception):
+    """A transaction whose conditions failed: per item, the reason and the item as it was (ALL_OLD)."""
+
+    reasons: list[tuple[str | None, Item | None]]
+
+    def failed(self, index: int) -> bool:
+        return index < len(self.reasons) and self.reasons[index][0] == "ConditionalCheckFailed"
+
+    def old(self, index: int) -> Item | None:
+        return self.reasons[index][1] if index < len(self.reasons) else None
+
+
+def usage_key(code_hash: str, user_id: str) -> dict[str, Any]:
+    return key(f"USAGE#{code_hash}", f"USER#{user_id}")
+
+
+def redemption_key(redemption_id: str) -> dict[str, Any]:
+    return key(f"REDEMPTION#{redemption_id}", "REDEMPTION")
+
+
+def shard_key(coupon_id: str, shard: int) -> dict[str, Any]:
+    return key(f"SHARD#{coupon_id}#{shard:02d}", "SHARD")
+
+
+def coupon_key(code_hash: str) -> dict[str, Any]:
+    return key(code_pk(code_hash), "COUPON")
+
+
+def fail_key(scope: str, subject: str, bucket: int) -> dict[str, Any]:
+    return key(f"FAIL#{scope}#{subject}", f"W#{bucket}")
+
+
+def ip_users_key(ip: str, bucket: int) -> dict[str, Any]:
+    return key(f"IPUSERS#{ip}", f"W#{bucket}")
+
+
+def day_shard(redemption_id: str) -> int:
+    return zlib.crc32(redemption_id.encode()) % DAY_SHARDS
+
+
+def day_of(moment: datetime) -> str:
+    return iso(moment)[:10]
+
+
+@dataclass
+class Snapshot:
+    """What one BatchGetItem found."""
+
+    coupon: dict[str, Any] | None = None  # a coupon record (coupon_store.coupon_record)
+    usages: dict[str, Item] = field(default_factory=dict)  # code hash -> usage item
+    user: Counts = field(default_factory=Counts)
+    ip: Counts = field(default_factory=Counts)
+    ip_users_previous: set[str] = field(default_factory=set)
+    ip_users_current: set[str] = field(default_factory=set)
+
+    def user_uses(self) -> int:
+        """This user's uses of the found coupon (a usage item of another coupon counts 0)."""
+        if self.coupon is None:
+            return 0
+        usage = self.usages.get(self.coupon["code_hash"])
+        if usage is None or usage.get("coupon_id") != self.coupon["coupon_id"]:
+            return 0
+        return int(usage.get("uses", 0))
+
+    def usage_is_current(self) -> bool:
+        if self.coupon is None:
+            return False
+        usage = self.usages.get(self.coupon["code_hash"])
+        return usage is not None and usage.get("coupon_id") == self.coupon["coupon_id"]
+
+
+class CheckoutStore:
+    def __init__(self, dynamodb: Any, coupons_table: str, guards_table: str,
+                 rng: random.Random | None = None) -> None:
+        self._db = dynamodb
+        self._coupons = coupons_table
+        self._guards = guards_table
+        self._rng = rng or random.Random()
+
+    # --- the one read of validate / redeem -------------------------------------------------
+
+    def read(self, code_hashes: Sequence[str], user_id: str, *, ip: str | None = None,
+             bucket: int | None = None, ip_users: bool = False) -> Snapshot:
+        """Coupon, usage and guard counters in one BatchGetItem (both tables)."""
+        coupon_keys = [coupon_key(h) for h in code_hashes] + [usage_key(h, user_id) for h in code_hashes]
+        request: dict[str, Any] = {self._coupons: {"Keys": coupon_keys}}
+        guard_keys: list[dict[str, Any]] = []
+        if bucket is not None and ip is not None:
+            for b in (bucket, bucket - 1):
+                guard_keys += [fail_key("user", user_id, b), fail_key("ip", ip, b)]
+                if ip_users:
+                    guard_keys.append(ip_users_key(ip, b))
+            request[self._guards] = {"Keys": guard_keys}
+        found = self._batch_get(request)
+        snapshot = Snapshot()
+        for raw in found.get(self._coupons, []):
+            item = from_item(raw)
+            if item is None:
+                continue
+            if item["sk"] == "COUPON":
+                snapshot.coupon = coupon_record(item)
+            else:
+                snapshot.usages[item["pk"].removeprefix("USAGE#")] = item
+        guards = {(i["pk"], i["sk"]): i for i in (from_item(raw) for raw in found.get(self._guards, [])) if i}
+        if bucket is not None and ip is not None:
+            def count(scope: str, subject: str, b: int) -> int:
+                k = fail_key(scope, subject, b)
+                return int(guards.get((k["pk"]["S"], k["sk"]["S"]), {}).get("count", 0))
+
+            snapshot.user = Counts(count("user", user_id, bucket), count("user", user_id, bucket - 1))
+            snapshot.ip = Counts(count("ip", ip, bucket), count("ip", ip, bucket - 1))
+            if ip_users:
+                for b, target in ((bucket, snapshot.ip_users_current), (bucket - 1, snapshot.ip_users_previous)):
+                    k = ip_users_key(ip, b)
+                    target.update(guards.get((k["pk"]["S"], k["sk"]["S"]), {}).get("users", set()))
+        return snapshot
+
+    def _batch_get(self, request: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+        responses: dict[str, list[dict[str, Any]]] = {}
+        pending = request
+        for _ in range(BATCH_GET_ATTEMPTS):
+            try:
+                page = self._db.batch_get_item(RequestItems=pending)
+            except (ClientError, BotoCoreError) as error:
+                raise self._busy_or(error) from error
+            for table, items in page.get("Responses", {}).items():
+                responses.setdefault(table, []).extend(items)
+            pending = page.get("UnprocessedKeys") or {}
+            if not pending:
+                return responses
+        raise StoreBusy("unprocessed keys after retries")
+
+    # --- redemptions -----------------------------------------------------------------------
+
+    def get_redemption(self, redemption_id: str) -> Item | None:
+        try:
+            raw = self._db.get_item(TableName=self._coupons, Key=redemption_key(redemption_id),
+                                    ConsistentRead=True)
+        except (ClientError, BotoCoreError) as error:
+            raise self._busy_or(error) from error
+        return from_item(raw.get("Item"))
+
+    def redemption_item(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """The stored form of a new redemption, with its four index keys."""
+        at = record["redeemed_at"]
+        rid = record["redemption_id"]
+        sort = f"{iso(at)}#{rid}"
+        values = {
+            **record,
+            "pk": f"REDEMPTION#{rid}",
+            "sk": "REDEMPTION",
+            "entity": "redemption",
+            "redeemed_at": iso(at),
+            "gsi1pk": f"CREDEEM#{record['coupon_id']}",
+            "gsi1sk": sort,
+            "gsi2pk": f"UREDEEM#{record['user_id']}",
+            "gsi2sk": sort,
+            "gsi3pk": f"DAY#{day_of(at)}#{day_shard(rid)}",
+            "gsi3sk": sort,
+        }
+        return values
+
+    def commit_redemption(self, record: Mapping[str, Any], *, coupon: Mapping[str, Any], usage_current: bool,
+                          now: datetime, shard: int | None) -> None:
+        """The redemption in one TransactWriteItems: record, counter (coupon or shard), usage.
+
+        Item order (the caller reads Cancelled by index): 0 redemption, 1 counter, 2 usage.
+        """
+        cid = coupon["coupon_id"]
+        now_values = {":now": to_value(epoch(now)), ":one": to_value(1), ":cid": to_value(cid)}
+        items: list[dict[str, Any]] = [{"Put": {
+            "TableName": self._coupons,
+            "Item": to_item(self.redemption_item(record)),
+            "ConditionExpression": "attribute_not_exists(pk)",
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }}]
+        if shard is None:
+            condition = ("coupon_id = :cid AND #status = :active AND starts_epoch <= :now AND expires_epoch > :now "
+                         "AND updated_at = :seen AND attribute_not_exists(shards)")
+            values = {**now_values, ":active": to_value("active"), ":zero": to_value(0),
+                      ":seen": to_value(iso(coupon["updated_at"]))}
+            if coupon.get("max_uses") is not None:
+                condition += " AND redeemed_count < :max"
+                values[":max"] = to_value(coupon["max_uses"])
+            items.append({"Update": {
+                "TableName": self._coupons,
+                "Key": coupon_key(coupon["code_hash"]),
+                "UpdateExpression": "SET redeemed_count = if_not_exists(redeemed_count, :zero) + :one",
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": {"#status": "status"},
+                "ExpressionAttributeValues": values,
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }})
+        else:
+            items.append({"Update": {
+                "TableName": self._coupons,
+                "Key": shard_key(cid, shard),
+                "UpdateExpression": "SET remaining = remaining - :one, redeemed = redeemed + :one",
+                "ConditionExpression": "coupon_id = :cid AND remaining >= :one",
+                "ExpressionAttributeValues": {":one": to_value(1), ":cid": to_value(cid)},
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }})
+        limit = coupon.get("uses_per_user")
+        if usage_current:
+            update = "SET uses = uses + :one, updated_at = :at"
+            condition = "coupon_id = :cid"
+            values = {":one": to_value(1), ":cid": to_value(cid), ":at": to_value(iso(now))}
+            if limit is not None:
+                condition += " AND uses < :limit"
+                values[":limit"] = to_value(limit)
+        else:
+            update = "SET coupon_id = :cid, uses = :one, updated_at = :at, entity = :entity"
+            condition = "attribute_not_exists(coupon_id) OR coupon_id <> :cid"
+            values = {":one": to_value(1), ":cid": to_value(cid), ":at": to_value(iso(now)),
+                      ":entity": to_value("usage")}
+        items.append({"Update": {
+            "TableName": self._coupons,
+            "Key": usage_key(coupon["code_hash"], record["user_id"]),
+            "UpdateExpression": update,
+            "ConditionExpression": condition,
+            "ExpressionAttributeValues": values,
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }})
+        self._transact(items)
+
+    def commit_rollback(self, redemption: Mapping[str, Any], *, actor: str, now: datetime,
+                        counter: tuple[str, Any] | None, usage: bool, clear_hint: str | None) -> None:
+        """Flip the redemption to rolled_back and give its uses back, in one transaction.
+
+        `counter` is ("coupon", code_hash) or ("shard", n) or None (the coupon is gone).
+        Item order: 0 redemption, then counter, usage, hint when present (see `rollback_order`).
+        """
+        rid = redemption["redemption_id"]
+        cid = redemption["coupon_id"]
+        at = iso(now)
+        items: list[dict[str, Any]] = [{"Update": {
+            "TableName": self._coupons,
+            "Key": redemption_key(rid),
+            "UpdateExpression": "SET #status = :rolled, rolled_back_at = :at, rolled_back_by = :by, "
+                                "gsi4pk = :g4pk, gsi4sk = :g4sk",
+            "ConditionExpression": "#status = :redeemed",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {
+                ":rolled": to_value("rolled_back"), ":redeemed": to_value("redeemed"), ":at": to_value(at),
+                ":by": to_value(actor), ":g4pk": to_value(f"RBDAY#{day_of(now)}#{day_shard(rid)}"),
+                ":g4sk": to_value(f"{at}#{rid}"),
+            },
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }}]
+        if counter is not None and counter[0] == "coupon":
+            items.append({"Update": {
+                "TableName": self._coupons,
+                "Key": coupon_key(counter[1]),
+                "UpdateExpression": "SET redeemed_count = redeemed_count - :one",
+                "ConditionExpression": "coupon_id = :cid AND redeemed_count >= :one AND attribute_not_exists(shards)",
+                "ExpressionAttributeValues": {":one": to_value(1), ":cid": to_value(cid)},
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }})
+        elif counter is not None:
+            items.append({"Update": {
+                "TableName": self._coupons,
+                "Key": shard_key(cid, int(counter[1])),
+                "UpdateExpression": "SET remaining = remaining + :one, redeemed = redeemed - :one",
+                "ConditionExpression": "coupon_id = :cid AND redeemed >= :one",
+                "ExpressionAttributeValues": {":one": to_value(1), ":cid": to_value(cid)},
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }})
+        if usage:
+            items.append({"Update": {
+                "TableName": self._coupons,
+                "Key": usage_key(redemption["code_hash"], redemption["user_id"]),
+                "UpdateExpression": "SET uses = uses - :one, updated_at = :at",
+                "ConditionExpression": "coupon_id = :cid AND uses >= :one",
+                "ExpressionAttributeValues": {":one": to_value(1), ":cid": to_value(cid), ":at": to_value(at)},
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }})
+        if clear_hint is not None:
+            items.append({"Update": {
+                "TableName": self._coupons,
+                "Key": coupon_key(clear_hint),
+                "UpdateExpression": "REMOVE shards.exhausted_at, shards.exhausted_cap",
+                "ConditionExpression": "coupon_id = :cid AND attribute_exists(shards)",
+                "ExpressionAttributeValues": {":cid": to_value(cid)},
+            }})
+        self._transact(items)
+
+    def list_by_coupon(self, coupon_id: str, *, limit: int, cursor: str | None) -> tuple[list[Item], str | None]:
+        return paged_query(self._db, table=self._coupons, index="gsi1",
+                           partitions=[("gsi1pk", f"CREDEEM#{coupon_id}", None, None)],
+                           limit=limit, cursor=cursor, scan_forward=False)
+
+    def get_pointer(self, coupon_id: str) -> Item | None:
+        try:
+            raw = self._db.get_item(TableName=self._coupons, Key=key(id_pk(coupon_id), "COUPON"),
+                                    ConsistentRead=True)
+        except (ClientError, BotoCoreError) as error:
+            raise self._busy_or(error) from error
+        return from_item(raw.get("Item"))
+
+    # --- hot coupons: shards ---------------------------------------------------------------
+
+    def init_shards(self, coupon: Mapping[str, Any], count: int) -> None:
+        """Split the remaining cap across `count` shard items, once, atomically with the coupon's marker.
+
+        Shard 0 also takes over the uses counted before the split, so that
+        Σ remaining + Σ redeemed = cap from the first moment on.
+        """
+        cap = int(coupon["max_uses"])
+        seen = int(coupon.get("redeemed_count", 0))
+        left = max(0, cap - seen)
+        shares = [left // count + (1 if i < left % count else 0) for i in range(count)]
+        items: list[dict[str, Any]] = [{"Update": {
+            "TableName": self._coupons,
+            "Key": coupon_key(coupon["code_hash"]),
+            "UpdateExpression": "SET shards = :shards",
+            "ConditionExpression": "coupon_id = :cid AND attribute_not_exists(shards) AND redeemed_count = :seen "
+                                   "AND max_uses = :cap",
+            "ExpressionAttributeValues": {":shards": to_value({"n": count, "cap": cap_value(cap)}),
+                                          ":cid": to_value(coupon["coupon_id"]), ":seen": to_value(seen),
+                                          ":cap": to_value(cap)},
+        }}]
+        for index, share in enumerate(shares):
+            items.append({"Put": {
+                "TableName": self._coupons,
+                "Item": to_item({**shard_key_plain(coupon["coupon_id"], index), "entity": "shard",
+                                 "coupon_id": coupon["coupon_id"], "shard": index, "remaining": share,
+                                 "redeemed": seen if index == 0 else 0}),
+                "ConditionExpression": "attribute_not_exists(pk)",
+            }})
+        self._transact(items)
+
+    def read_shards(self, coupon_id: str, count: int) -> list[Item]:
+        """Every shard of a coupon, in shard order (missing ones left out)."""
+        keys = [shard_key(coupon_id, i) for i in range(count)]
+        found = self._batch_get({self._coupons: {"Keys": keys, "ConsistentRead": True}})
+        items = [i for i in (from_item(raw) for raw in found.get(self._coupons, [])) if i]
+        return sorted(items, key=lambda i: int(i["shard"]))
+
+    def rebalance_shards(self, coupon: Mapping[str, Any], shards: list[Item], new_cap: int | None) -> None:
+        """Re-split the remaining cap after an admin changed max_uses (optimistic: fails on any race)."""
+        redeemed = sum(int(s["redeemed"]) for s in shards)
+        left = 0 if new_cap is None else max(0, new_cap - redeemed)
+        n = len(shards)
+        shares = [left // n + (1 if i < left % n else 0) for i in range(n)]
+        old = coupon["shards"]
+        items: list[dict[str, Any]] = [{"Update": {
+            "TableName": self._coupons,
+            "Key": coupon_key(coupon["code_hash"]),
+            "UpdateExpression": "SET shards = :shards",
+            "ConditionExpression": "coupon_id = :cid AND shards.cap = :old",
+            "ExpressionAttributeValues": {":shards": to_value({"n": int(old["n"]), "cap": cap_value(new_cap)}),
+                                          ":old": to_value(old["cap"]), ":cid": to_value(coupon["coupon_id"])},
+        }}]
+        for shard, share in zip(shards, shares, strict=True):
+            items.append({"Update": {
+                "TableName": self._coupons,
+                "Key": shard_key(coupon["coupon_id"], int(shard["shard"])),
+                "UpdateExpression": "SET remaining = :share",
+                "ConditionExpression": "remaining = :r AND redeemed = :d",
+                "ExpressionAttributeValues": {":share": to_value(share), ":r": to_value(shard["remaining"]),
+                                              ":d": to_value(shard["redeemed"])},
+            }})
+        self._transact(items)
+
+    def mark_exhausted(self, coupon: Mapping[str, Any], now: datetime) -> None:
+        """Best effort: remember that every shard was found empty (a hint for validate and redeem)."""
+        shards = coupon["shards"]
+        try:
+            self._db.update_item(
+                TableName=self._coupons, Key=coupon_key(coupon["code_hash"]),
+                UpdateExpression="SET shards.exhausted_at = :at, shards.exhausted_cap = :cap",
+                ConditionExpression="coupon_id = :cid AND shards.cap = :cap",
+                ExpressionAttributeValues={":at": to_value(epoch(now)), ":cap": to_value(shards.get("cap")),
+                                           ":cid": to_value(coupon["coupon_id"])},
+            )
+        except (ClientError, BotoCoreError):
+            return
+
+    def shard_totals(self, coupon: Mapping[str, Any]) -> tuple[int, int] | None:
+        """(Σ redeemed, Σ remaining) of a sharded coupon; None when it is not sharded."""
+        shards = coupon.get("shards")
+        if not shards:
+            return None
+        items = self.read_shards(coupon["coupon_id"], int(shards["n"]))
+        return sum(int(i["redeemed"]) for i in items), sum(int(i["remaining"]) for i in items)
+
+    # --- guards ----------------------------------------------------------------------------
+
+    def record_failure(self, *, user_id: str, ip: str, now: datetime, bucket: int, window: int,
+                       flags: Sequence[Mapping[str, Any]]) -> None:
+        """Count one failed guess for the user, the IP and the day, and store any fraud flags: one call.
+
+        A transaction keeps it to one write call; if it conflicts with a concurrent one
+        (a burst of guesses from one IP), the counters fall back to plain ADDs, which never
+        conflict with each other, so no failure goes uncounted.
+        """
+        ttl = (bucket + 2) * window + 60
+        day = day_of(now)
+        updates = [
+            (fail_key("user", user_id, bucket), ttl),
+            (fail_key("ip", ip, bucket), ttl),
+            (key(f"FAILED#{day}", f"SHARD#{self._rng.randrange(FAILED_SHARDS)}"),
+             epoch(now) + FRAUD_TTL_DAYS * 86400),
+        ]
+        items: list[dict[str, Any]] = [{"Update": {
+            "TableName": self._guards, "Key": k,
+            "UpdateExpression": "ADD #count :one SET #ttl = :ttl",
+            "ExpressionAttributeNames": {"#count": "count", "#ttl": "ttl"},
+            "ExpressionAttributeValues": {":one": to_value(1), ":ttl": to_value(t)},
+        }} for k, t in updates]
+        items += [{"Put": {"TableName": self._guards, "Item": to_item(flag)}} for flag in flags]
+        try:
+            self._transact(items)
+            return
+        except (StoreBusy, Cancelled):
+            pass
+        for item in items:
+            operation = item.get("Update") or {}
+            try:
+                if operation:
+                    self._db.update_item(**operation)
+                else:
+                    self._db.put_item(**item["Put"])
+            except (ClientError, BotoCoreError):
+                continue  # counting is best effort beyond this point; the answer stays the same
+
+    def add_ip_user(self, *, ip: str, user_id: str, bucket: int, window: int, cap: int) -> set[str] | None:
+        """Add a user to this IP's set for the bucket; the set after it (None when nothing was added)."""
+        try:
+            result = self._db.update_item(
+                TableName=self._guards, Key=ip_users_key(ip, bucket),
+                UpdateExpression="ADD #users :u SET #ttl = :ttl",
+                ConditionExpression="attribute_not_exists(#users) OR size(#users) < :cap",
+                ExpressionAttributeNames={"#users": "users", "#ttl": "ttl"},
+                ExpressionAttributeValues={":u": {"SS": [user_id]}, ":ttl": to_value((bucket + 2) * window + 60),
+                                           ":cap": to_value(cap)},
+                ReturnValues="UPDATED_NEW",
+            )
+        except (ClientError, BotoCoreError):
+            return None
+        return set(result.get("Attributes", {}).get("users", {}).get("SS", []))
+
+    def put_flag(self, flag: Mapping[str, Any]) -> None:
+        try:
+            self._db.put_item(TableName=self._guards, Item=to_item(flag))
+        except (ClientError, BotoCoreError):
+            return
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def _transact(self, items: list[dict[str, Any]]) -> None:
+        try:
+            self._db.transact_write_items(TransactItems=items)
+        except (ClientError, BotoCoreError) as error:
+            if error_code(error) == "TransactionCanceledException":
+                assert isinstance(error, ClientError)
+                reasons = error.response.get("CancellationReasons") or []
+                codes = [r.get("Code") for r in reasons]
+                if any(c in _CONFLICT_CODES for c in codes):
+                    raise StoreBusy("transaction conflict") from error
+                if not any(c == "ConditionalCheckFailed" for c in codes):
+                    raise
+                raise Cancelled([(r.get("Code") if r.get("Code") not in (None, "None") else None,
+                                  from_item(r.get("Item"))) for r in reasons]) from error
+            raise self._busy_or(error) from error
+
+    @staticmethod
+    def _busy_or(error: Exception) -> Exception:
+        if isinstance(error, BotoCoreError) or is_transient(error) or \
+                error_code(error) in ("TransactionConflictException",):
+            return StoreBusy(str(error))
+        return error
+
+
+UNCAPPED = -1  # `shards.cap` of a sharded coupon whose max_uses was since set to null
+
+
+def cap_value(cap: int | None) -> int:
+    return UNCAPPED if cap is None else int(cap)
+
+
+def shard_key_plain(coupon_id: str, shard: int) -> dict[str, str]:
+    k = shard_key(coupon_id, shard)
+    return {"pk": k["pk"]["S"], "sk": k["sk"]["S"]}
+
+
+def fraud_flag(*, kind: str, scope: str, subject: str, bucket: int, now: datetime, count: int, limit: int,
+               window: int) -> dict[str, Any]:
+    """A FRAUD#<day> item: the stream turns its INSERT into a FraudSuspected event."""
+    flag: dict[str, Any] = {
+        "pk": f"FRAUD#{day_of(now)}",
+        "sk": f"{kind}#{scope}#{subject}#{bucket}",
+        "entity": "fraud",
+        "kind": kind,
+        "scope": scope,
+        "count": count,
+        "limit": limit,
+        "window_seconds": window,
+        "at": iso(now),
+        "ttl": epoch(now) + FRAUD_TTL_DAYS * 86400,
+    }
+    flag["user_id" if scope == "user" else "ip"] = subject
+    return flag
