@@ -186,6 +186,17 @@ FUNCTIONS: tuple[Function, ...] = (
         routes=(Route("GET", "/openapi.json", public=True),),
         memory_mb=256,
     ),
+    # Admin console and checkout demo (issue 8): static pages, no data, no grants.
+    Function(
+        name="console",
+        description="Admin console and checkout demo pages (static, strict CSP)",
+        routes=(
+            Route("GET", "/console", public=True),
+            Route("GET", "/console/checkout", public=True),
+            Route("GET", "/console/assets/{name}", public=True),
+        ),
+        memory_mb=256,
+    ),
     # Events, expiry, reports (issue 6).
     Function(
         name="publisher",
