@@ -14,7 +14,7 @@ from typing import Any
 from coupons_infra import resources as r
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from . import tokens
+from . import threadsafe, tokens
 from .emulator import REGION, Emulator
 from .gateway import FunctionHost, Gateway
 from .provision import Provisioned, function_environment, provision
@@ -49,6 +49,7 @@ class LocalStack:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> None:
+        threadsafe.install()  # Powertools keeps each request's event per process: make it per thread
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log per emulated AWS call
         self.emulator = Emulator().start()
         self.emulator.configure_process()
@@ -91,3 +92,14 @@ class LocalStack:
         state_file(self.port).unlink(missing_ok=True)
         if self.emulator:
             self.emulator.stop()
+
+
+# Issue 6: stream pollers driving the outbox publisher, the schedules, `run expiry-sweep|daily-report`.
+from .workers_events import start as _start_event_workers  # noqa: E402
+
+WORKER_FACTORIES.append(_start_event_workers)
+
+# Issue 5: S3 notification -> SQS for imports, SQS pollers driving csv_import and generate_codes.
+from .workers_bulk import start as _start_bulk_workers  # noqa: E402
+
+WORKER_FACTORIES.append(_start_bulk_workers)

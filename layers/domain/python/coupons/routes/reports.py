@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import reports
 from ..adapters.report_store import default_source
-from ..http import json_response, require_admin
+from ..http import require_admin
 
 router = APIGatewayRouter()
 
@@ -58,4 +58,5 @@ def report_summary(
 ) -> Response[ReportSummary]:
     require_admin(router)
     start, end = reports.parse_range(first, to)
-    return json_response(200, reports.summary(default_source(), start, end))
+    body = reports.summary(default_source(), start, end)
+    return Response(status_code=200, content_type="application/json", body=ReportSummary.model_validate(body))

@@ -1,0 +1,275 @@
+"""The local stack's event wiring: stream pollers for the outbox publisher, and the schedules.
+
+On AWS, Lambda's event source mappings read the tables' streams and EventBridge
+Scheduler fires the cron rules. Here:
+
+- one poller thread per streamed table reads moto's DynamoDB stream
+  (describe_stream / get_shard_iterator / get_records, following child shards),
+  and hands batches in the real DynamoDB stream event shape to
+  `functions/publisher`'s `lambda_handler`. Records it reports in
+  `batchItemFailures` (or the whole batch, if it raises) are retried from the
+  lowest failed sequence number with backoff; after `stream_retry_attempts` the
+  batch goes to a local DLQ queue (`coupons-publisher-dlq`), as the on-failure
+  destination does on AWS;
+- one scheduler thread per scheduled function fires its handler on the cron
+  (hourly sweep at minute 0; the report at 01:00 UTC) with an EventBridge
+  scheduled event. `COUPONS_LOCAL_SCHEDULE_EVERY_SECONDS` fires every schedule
+  that often instead (demos and tests);
+- `jobs["expiry-sweep"]` and `jobs["daily-report"]` run them now
+  (`coupons-local run expiry-sweep|daily-report [--date]`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from coupons_infra import resources as r
+
+from .emulator import ACCOUNT_ID, REGION
+
+if TYPE_CHECKING:
+    from .stack import LocalStack
+
+log = logging.getLogger("coupons_local.events")
+POLL_SECONDS = 0.1
+DISCOVER_SECONDS = 2.0  # how often a poller looks for new (child) shards
+BATCH_SIZE = 100
+DLQ_NAME = "coupons-publisher-dlq"
+SCHEDULE_EVERY_ENV = "COUPONS_LOCAL_SCHEDULE_EVERY_SECONDS"
+
+
+# --- stream -> publisher --------------------------------------------------------------------------
+
+
+def lambda_record(record: dict[str, Any], stream_arn: str) -> dict[str, Any]:
+    """A dynamodbstreams GetRecords record in the shape Lambda delivers it."""
+    stream = dict(record["dynamodb"])
+    created = stream.get("ApproximateCreationDateTime")
+    if isinstance(created, datetime):
+        stream["ApproximateCreationDateTime"] = int(created.timestamp())
+    return {
+        "eventID": record["eventID"],
+        "eventName": record["eventName"],
+        "eventVersion": record.get("eventVersion", "1.1"),
+        "eventSource": "aws:dynamodb",
+        "awsRegion": record.get("awsRegion", REGION),
+        "dynamodb": stream,
+        "eventSourceARN": stream_arn,
+    }
+
+
+class StreamPoller:
+    """Reads one table's stream and drives the publisher, as an event source mapping would."""
+
+    def __init__(self, stack: LocalStack, function: r.Function, stream_arn: str, dlq_url: str) -> None:
+        self.stack = stack
+        self.function = function
+        self.stream_arn = stream_arn
+        self.dlq_url = dlq_url
+        self.streams: Any = boto3.client("dynamodbstreams")
+        self.sqs: Any = boto3.client("sqs")
+        self.iterators: dict[str, str | None] = {}  # shard id -> next iterator (None: closed and drained)
+        self.pending: dict[str, list[dict[str, Any]]] = {}  # shard id -> records not yet delivered
+        self.delivered = 0
+        self.discovered_at = 0.0
+
+    def run(self) -> None:
+        while not self.stack.stopping.is_set():
+            try:
+                busy = self.poll_once()
+            except Exception:  # the emulator is shutting down, or a bug: keep the stack serving
+                if self.stack.stopping.is_set():
+                    return
+                log.exception("stream poller error (%s)", self.stream_arn)
+                busy = False
+            if not busy:
+                self.stack.stopping.wait(POLL_SECONDS)
+
+    def _discover(self) -> None:
+        if time.monotonic() - self.discovered_at < DISCOVER_SECONDS and \
+                any(it is not None for it in self.iterators.values()):
+            return
+        self.discovered_at = time.monotonic()
+        shards = self.streams.describe_stream(StreamArn=self.stream_arn)["StreamDescription"].get("Shards", [])
+        for shard in shards:
+            shard_id = shard["ShardId"]
+            if shard_id in self.iterators:
+                continue
+            parent = shard.get("ParentShardId")
+            if parent and parent in self.iterators and self.iterators[parent] is not None:
+                continue  # read the parent to its end first: order per item is kept
+            self.iterators[shard_id] = self.streams.get_shard_iterator(
+                StreamArn=self.stream_arn, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+            self.pending[shard_id] = []
+
+    def poll_once(self) -> bool:
+        """Read and deliver what is new; True when there was something to do."""
+        self._discover()
+        busy = False
+        for shard_id, iterator in list(self.iterators.items()):
+            backlog = self.pending[shard_id]
+            if iterator is not None and len(backlog) < BATCH_SIZE:
+                page = self.streams.get_records(ShardIterator=iterator, Limit=BATCH_SIZE)
+                backlog.extend(lambda_record(rec, self.stream_arn) for rec in page.get("Records", []))
+                self.iterators[shard_id] = page.get("NextShardIterator")
+            while backlog:
+                busy = True
+                batch = backlog[:BATCH_SIZE]
+                delivered = self.deliver(batch)
+                del backlog[:delivered]
+                if delivered < len(batch):
+                    break  # gave up on this batch's tail after the retries: it went to the DLQ
+        return busy
+
+    def deliver(self, batch: list[dict[str, Any]]) -> int:
+        """Invoke the publisher until the batch is through; how many records were consumed."""
+        records = batch
+        for attempt in range(self.function.stream_retry_attempts + 1):
+            if attempt and self.stack.stopping.wait(min(0.2 * 2 ** (attempt - 1), 5)):
+                return 0
+            try:
+                result = self.stack.functions.invoke(self.function, {"Records": records})
+                failures = [f.get("itemIdentifier") for f in (result or {}).get("batchItemFailures", [])]
+            except Exception:
+                log.exception("publisher raised; the whole batch is retried")
+                failures = [records[0]["dynamodb"]["SequenceNumber"]]
+            if not failures:
+                self.delivered += len(records)
+                return len(batch)
+            sequences = [rec["dynamodb"]["SequenceNumber"] for rec in records]
+            lowest = min((sequences.index(f) for f in failures if f in sequences), default=0)
+            self.delivered += lowest
+            records = records[lowest:]
+        self.sqs.send_message(QueueUrl=self.dlq_url, MessageBody=json.dumps({
+            "reason": "publisher kept failing", "stream_arn": self.stream_arn,
+            "first_sequence_number": records[0]["dynamodb"]["SequenceNumber"],
+            "last_sequence_number": records[-1]["dynamodb"]["SequenceNumber"], "records": len(records),
+        }))
+        log.error("stream records sent to %s after %d attempts", DLQ_NAME, self.function.stream_retry_attempts)
+        return len(batch)
+
+
+# --- schedules ------------------------------------------------------------------------------------
+
+
+def _field_matches(spec: str, value: int) -> bool:
+    if spec in ("*", "?"):
+        return True
+    for part in spec.split(","):
+        if "/" in part:
+            base, step = part.split("/", 1)
+            start = 0 if base in ("*", "") else int(base)
+            if value >= start and (value - start) % int(step) == 0:
+                return True
+        elif "-" in part:
+            low, high = part.split("-", 1)
+            if int(low) <= value <= int(high):
+                return True
+        elif part.isdigit() and int(part) == value:
+            return True
+    return False
+
+
+def next_fire(cron: str, after: datetime) -> datetime:
+    """The next minute after `after` that an EventBridge cron body (minutes and hours only) matches."""
+    minute_spec, hour_spec, *_ = cron.split()
+    moment = after.astimezone(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    for _ in range(2 * 24 * 60):
+        if _field_matches(minute_spec, moment.minute) and _field_matches(hour_spec, moment.hour):
+            return moment
+        moment += timedelta(minutes=1)
+    raise ValueError(f"cron {cron!r} never fires")
+
+
+def scheduled_event(schedule: r.Schedule, at: datetime, detail: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": ACCOUNT_ID,
+        "time": at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "region": REGION,
+        "resources": [f"arn:aws:events:{REGION}:{ACCOUNT_ID}:rule/{schedule.name}"],
+        "detail": detail or {},
+    }
+
+
+class Scheduler:
+    def __init__(self, stack: LocalStack, function: r.Function, every: float | None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        assert function.schedule is not None
+        self.stack = stack
+        self.function = function
+        self.schedule = function.schedule
+        self.every = every
+        self.clock = clock
+        self.fired = 0
+        self.lock = threading.Lock()  # one run at a time per schedule (manual and timed)
+
+    def fire(self, detail: dict[str, Any] | None = None) -> Any:
+        with self.lock:
+            self.fired += 1
+            return self.stack.functions.invoke(self.function, scheduled_event(self.schedule, self.clock(), detail))
+
+    def run(self) -> None:
+        while not self.stack.stopping.is_set():
+            now = self.clock()
+            due = now + timedelta(seconds=self.every) if self.every else next_fire(self.schedule.cron, now)
+            if self.stack.stopping.wait(max(0.0, (due - self.clock()).total_seconds())):
+                return
+            try:
+                self.fire()
+            except Exception:
+                log.exception("scheduled %s failed", self.schedule.name)
+
+
+# --- registration ---------------------------------------------------------------------------------
+
+
+def start(stack: LocalStack) -> None:
+    assert stack.provisioned is not None
+    sqs = boto3.client("sqs")
+    dlq_url = sqs.create_queue(QueueName=DLQ_NAME)["QueueUrl"]
+    stack.provisioned.queues.setdefault("publisher-dlq", dlq_url)
+    for function in r.FUNCTIONS:
+        for table in function.stream_tables:
+            arn = stack.provisioned.stream_arns.get(table)
+            if not arn:
+                continue
+            poller = StreamPoller(stack, function, arn, dlq_url)
+            threading.Thread(target=poller.run, name=f"stream-{table}", daemon=True).start()
+    every_text = os.environ.get(SCHEDULE_EVERY_ENV)
+    every = float(every_text) if every_text else None
+    schedulers = {}
+    for function in r.FUNCTIONS:
+        if function.schedule is None:
+            continue
+        scheduler = Scheduler(stack, function, every)
+        schedulers[function.schedule.name] = scheduler
+        threading.Thread(target=scheduler.run, name=f"schedule-{function.schedule.name}", daemon=True).start()
+
+    def run_job(name: str) -> Callable[[dict[str, Any]], Any]:
+        def job(payload: dict[str, Any]) -> Any:
+            detail = {"date": payload["date"]} if payload.get("date") else None
+            try:
+                return schedulers[name].fire(detail)
+            except Exception as error:  # e.g. a bad --date: say so instead of a bare 500
+                body = getattr(error, "body", None)
+                if callable(body):
+                    return body()
+                raise
+
+        return job
+
+    for name in schedulers:
+        stack.jobs[name] = run_job(name)

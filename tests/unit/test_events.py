@@ -1,0 +1,328 @@
+"""The outbox mapping (stream change -> contract event) and in-order batch publishing, pure."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+from coupons import events
+from coupons.adapters.event_bus import EventBus, change_of, table_of
+from coupons.events import Change, ContractEvent, publish_in_order, to_event
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+CODE_HASH = "9f" * 32
+CIPHERTEXT = "c2VjcmV0LWNvZGUtY2lwaGVydGV4dA=="
+T0, T1 = "2026-05-01T10:00:00.000000Z", "2026-05-01T11:00:00.000000Z"
+
+
+def coupon(**over: Any) -> dict[str, Any]:
+    item = {
+        "pk": f"CODE#{CODE_HASH}", "sk": "COUPON", "entity": "coupon", "coupon_id": "c-1",
+        "code_hash": CODE_HASH, "code_ct": CIPHERTEXT, "key_version": 1, "status": "active",
+        "discount_type": "PERCENT", "discount_value": Decimal("12.5"), "currency": None,
+        "max_uses": 10, "uses_per_user": 1, "channels": ["web", "pos"], "campaign_id": "spring",
+        "starts_at": T0, "expires_at": "2026-06-01T00:00:00.000000Z", "metadata": "{}",
+        "redeemed_count": 0, "created_at": T0, "updated_at": T0, "created_by": "admin-1",
+        "updated_by": "admin-1", "gsi1pk": "STATUS#active", "gsi1sk": f"{T0}#c-1",
+        "gsi3pk": "EXPIRY#2", "gsi3sk": "2026-06-01T00:00:00.000000Z#c-1",
+    }
+    item.update(over)
+    return item
+
+
+def pointer(**over: Any) -> dict[str, Any]:
+    return {"pk": "COUPON#c-1", "sk": "COUPON", "entity": "pointer", "coupon_id": "c-1", "code_hash": CODE_HASH,
+            **over}
+
+
+def redemption(**over: Any) -> dict[str, Any]:
+    item = {
+        "pk": "REDEMPTION#r-1", "sk": "REDEMPTION", "entity": "redemption", "redemption_id": "r-1",
+        "coupon_id": "c-1", "order_id": "o-1", "user_id": "u-1", "ip": "203.0.113.9", "user_agent": "ua",
+        "channel": "web", "discount_amount": 1250, "currency": "USD", "campaign_id": "spring",
+        "status": "redeemed", "redeemed_at": T1, "code_hash": CODE_HASH,
+        "gsi3pk": "DAY#2026-05-01#3", "gsi3sk": f"{T1}#r-1",
+    }
+    item.update(over)
+    return item
+
+
+def change(name: str, old: dict[str, Any] | None, new: dict[str, Any] | None, *, table: str | None = "coupons",
+           seq: str = "1") -> Change:
+    return Change(event_id=f"ev-{seq}", event_name=name, sequence_number=seq, table=table, old=old, new=new)
+
+
+def only(event: ContractEvent | None) -> ContractEvent:
+    assert event is not None
+    assert CODE_HASH not in event.detail_json() and CIPHERTEXT not in event.detail_json()
+    return event
+
+
+# --- coupons --------------------------------------------------------------------------------------
+
+
+def test_given_a_new_coupon_item_when_inserted_then_coupon_created_with_actor_and_ids() -> None:
+    event = only(to_event(change("INSERT", None, coupon())))
+    assert event.detail_type == "CouponCreated"
+    assert event.detail["coupon_id"] == "c-1" and event.detail["campaign_id"] == "spring"
+    assert event.detail["actor"] == "admin-1"
+    assert event.detail["discount_value"] == 12.5
+    assert event.detail["event_id"] == "ev-1"
+    assert "ip" not in event.detail and "metadata" not in event.detail
+
+
+def test_a_coupon_moved_to_a_new_code_is_an_update_not_a_creation() -> None:
+    moved = coupon(updated_at=T1, updated_by="admin-2")
+    event = only(to_event(change("INSERT", None, moved)))
+    assert event.detail_type == "CouponUpdated"
+    assert event.detail["changed"] == ["code"] and event.detail["actor"] == "admin-2"
+    # ... and the old item's removal publishes nothing
+    assert to_event(change("REMOVE", coupon(), None)) is None
+
+
+def test_an_edit_names_the_changed_fields_and_the_editor() -> None:
+    new = coupon(discount_value=20, max_uses=50, updated_at=T1, updated_by="admin-2")
+    event = only(to_event(change("MODIFY", coupon(), new)))
+    assert event.detail_type == "CouponUpdated"
+    assert event.detail["changed"] == ["discount_value", "max_uses"]
+    assert event.detail["actor"] == "admin-2" and event.detail["updated_at"] == T1
+
+
+def test_pausing_reports_the_previous_status() -> None:
+    new = coupon(status="disabled", gsi1pk="STATUS#disabled", updated_at=T1)
+    event = only(to_event(change("MODIFY", coupon(), new)))
+    assert event.detail["changed"] == ["status"]
+    assert (event.detail["status"], event.detail["previous_status"]) == ("disabled", "active")
+
+
+def test_a_key_rotation_re_encryption_is_a_code_change_without_the_code() -> None:
+    new = coupon(code_ct="bmV3LWNpcGhlcnRleHQ=", key_version=2, updated_at=T1)
+    event = only(to_event(change("MODIFY", coupon(), new)))
+    assert event.detail["changed"] == ["code"]
+    assert "bmV3LWNpcGhlcnRleHQ=" not in event.detail_json()
+
+
+@pytest.mark.parametrize("counters", [{"redeemed_count": 1}, {"redeemed_count": 0, "rolled_back_count": 3}])
+def test_counter_only_changes_publish_nothing(counters: dict[str, Any]) -> None:
+    old = coupon(redeemed_count=2)
+    assert to_event(change("MODIFY", old, coupon(**counters))) is None
+
+
+def test_the_sweep_marking_a_coupon_expired_publishes_coupon_expired() -> None:
+    new = coupon(status="expired", gsi1pk="STATUS#expired", gsi3pk=None, gsi3sk=None, expired_at=T1,
+                 updated_at=T1, updated_by="system:expiry-sweep")
+    event = only(to_event(change("MODIFY", coupon(), new)))
+    assert event.detail_type == "CouponExpired"
+    assert event.detail["coupon_id"] == "c-1" and event.detail["expired_at"] == T1
+    assert event.detail["actor"] == "system:expiry-sweep"
+
+
+def test_an_expired_coupon_edited_again_is_an_update() -> None:
+    old = coupon(status="expired")
+    event = only(to_event(change("MODIFY", old, coupon(status="expired", max_uses=99, updated_at=T1))))
+    assert event.detail_type == "CouponUpdated"
+
+
+def test_deletion_is_published_from_the_pointer_with_who_deleted_it() -> None:
+    assert to_event(change("REMOVE", coupon(), None)) is None
+    assert to_event(change("INSERT", None, pointer())) is None
+    deleted = pointer(deleted_at=T1, deleted_by="admin-3", campaign_id="spring")
+    event = only(to_event(change("MODIFY", pointer(), deleted)))
+    assert event.detail_type == "CouponDeleted"
+    assert event.detail == {"coupon_id": "c-1", "campaign_id": "spring", "actor": "admin-3",
+                            "deleted_at": T1, "event_id": "ev-1"}
+    # a re-code moves the pointer's hash: no event
+    assert to_event(change("MODIFY", pointer(), pointer(code_hash="ab" * 32))) is None
+
+
+# --- redemptions ----------------------------------------------------------------------------------
+
+
+def test_a_redemption_publishes_coupon_redeemed_with_amount_channel_and_user() -> None:
+    event = only(to_event(change("INSERT", None, redemption())))
+    assert event.detail_type == "CouponRedeemed"
+    assert {k: event.detail[k] for k in ("redemption_id", "coupon_id", "order_id", "user_id", "channel",
+                                         "discount_amount", "currency", "campaign_id", "actor")} == {
+        "redemption_id": "r-1", "coupon_id": "c-1", "order_id": "o-1", "user_id": "u-1", "channel": "web",
+        "discount_amount": 1250, "currency": "USD", "campaign_id": "spring", "actor": "u-1"}
+    assert "ip" not in event.detail and "user_agent" not in event.detail
+
+
+def test_a_rollback_publishes_once_on_the_transition_only() -> None:
+    rolled = redemption(status="rolled_back", rolled_back_at=T1, rolled_back_by="admin-1")
+    event = only(to_event(change("MODIFY", redemption(), rolled)))
+    assert event.detail_type == "RedemptionRolledBack"
+    assert event.detail["actor"] == "admin-1" and event.detail["discount_amount"] == 1250
+    assert to_event(change("MODIFY", rolled, {**rolled, "note": "x"})) is None
+
+
+def test_other_checkout_items_publish_nothing() -> None:
+    for item in ({"pk": f"CODE#{CODE_HASH}", "sk": "USER#u-1", "count": 1},
+                 {"pk": "ORDER#c-1#o-1", "sk": "ORDER", "redemption_id": "r-1"},
+                 {"pk": "KEYRING", "sk": "V#000001", "entity": "keyring"}):
+        assert to_event(change("INSERT", None, item)) is None
+
+
+# --- jobs and fraud -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "detail_type"), [("import", "BulkImportCompleted"),
+                                                   ("generation", "BulkGenerationCompleted")])
+def test_a_job_reaching_a_final_status_publishes_its_completion(kind: str, detail_type: str) -> None:
+    running = {"pk": "JOB#j-1", "sk": "JOB", "job_id": "j-1", "kind": kind, "status": "running",
+               "total": 3, "processed": 2, "failed": 0, "created_by": "admin-1"}
+    done = {**running, "status": "succeeded", "processed": 3, "result": {"created": 3, "codes": ["SECRET"]}}
+    event = only(to_event(change("MODIFY", running, done, table="jobs")))
+    assert event.detail_type == detail_type
+    assert event.detail["job_id"] == "j-1" and event.detail["actor"] == "admin-1"
+    assert event.detail["result"] == {"created": 3}  # a nested code list is dropped
+    assert "SECRET" not in event.detail_json()
+    assert to_event(change("MODIFY", done, {**done, "ttl": 5}, table="jobs")) is None
+    assert to_event(change("MODIFY", running, {**running, "processed": 3}, table="jobs")) is None
+
+
+def test_a_fraud_flag_publishes_fraud_suspected_and_counters_do_not() -> None:
+    flag = {"pk": "FRAUD#2026-05-01", "sk": "IP#203.0.113.9#1", "reason": "distinct_users_per_ip",
+            "ip": "203.0.113.9", "distinct_users": 21, "at": T1, "ttl": 123}
+    event = only(to_event(change("INSERT", None, flag, table="guards")))
+    assert event.detail_type == "FraudSuspected"
+    assert event.detail["reason"] == "distinct_users_per_ip" and "ttl" not in event.detail
+    counter = {"pk": "FAILED#2026-05-01", "sk": "TOTAL", "count": 4}
+    assert to_event(change("MODIFY", counter, {**counter, "count": 5}, table="guards")) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.sampled_from(["code", "code_hash", "code_ct", "codes", "plaintext", "note", "reason"]),
+                       st.text(min_size=1, max_size=20), min_size=1))
+def test_no_detail_ever_carries_a_code_bearing_key(extra: dict[str, str]) -> None:
+    images = [
+        ("INSERT", None, coupon(**extra), "coupons"),
+        ("INSERT", None, redemption(**extra), "coupons"),
+        ("INSERT", None, {"pk": "FRAUD#d", "sk": "x", **extra, "nested": [{"code": "X1"}]}, "guards"),
+    ]
+    for name, old, new, table in images:
+        event = to_event(change(name, old, new, table=table))
+        assert event is not None
+        assert not keys_of(event.detail) & events.FORBIDDEN_KEYS
+
+
+def keys_of(value: Any) -> set[str]:
+    if isinstance(value, dict):
+        return set(value) | {k for v in value.values() for k in keys_of(v)}
+    if isinstance(value, list):
+        return {k for v in value for k in keys_of(v)}
+    return set()
+
+
+# --- publishing in order --------------------------------------------------------------------------
+
+
+class FakePublisher:
+    def __init__(self, fail_detail_ids: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        self.calls: list[list[str]] = []
+        self.fail = set(fail_detail_ids)
+
+    def put(self, batch: Sequence[ContractEvent]) -> set[int]:
+        self.calls.append([e.detail["event_id"] for e in batch])
+        return {i for i, e in enumerate(batch) if e.detail["event_id"] in self.fail}
+
+
+def stream(n: int) -> list[Change]:
+    """n changes; every third one publishes nothing (a counter update)."""
+    out = []
+    for i in range(n):
+        if i % 3 == 2:
+            out.append(change("MODIFY", coupon(redeemed_count=0), coupon(redeemed_count=1), seq=str(i)))
+        else:
+            out.append(change("INSERT", None, redemption(redemption_id=f"r-{i}"), seq=str(i)))
+    return out
+
+
+def test_events_go_out_in_calls_of_ten_in_stream_order() -> None:
+    publisher = FakePublisher()
+    outcome = publish_in_order(stream(30), publisher)
+    assert [len(c) for c in publisher.calls] == [10, 10]
+    assert [x for c in publisher.calls for x in c] == [f"ev-{i}" for i in range(30) if i % 3 != 2]
+    assert (outcome.published, outcome.skipped, outcome.failed_sequence_numbers) == (20, 10, [])
+
+
+def test_a_failed_event_fails_its_record_and_every_later_one_and_stops_publishing() -> None:
+    publisher = FakePublisher({"ev-4"})
+    outcome = publish_in_order(stream(30), publisher)
+    assert len(publisher.calls) == 1  # nothing after the failing call was attempted
+    assert outcome.failed_sequence_numbers == [str(i) for i in range(4, 30)]
+
+
+def test_nothing_to_publish_makes_no_call() -> None:
+    publisher = FakePublisher()
+    changes = [change("MODIFY", coupon(), coupon(redeemed_count=1), seq="1")]
+    assert publish_in_order(changes, publisher).failed_sequence_numbers == []
+    assert publisher.calls == []
+
+
+# --- the EventBridge adapter ----------------------------------------------------------------------
+
+
+class FakeEvents:
+    """PutEvents that refuses the entries it is told to, a given number of times."""
+
+    def __init__(self, refuse: dict[str, int], raise_times: int = 0) -> None:
+        self.refuse = dict(refuse)  # detail type -> how many more times to refuse it
+        self.raise_times = raise_times
+        self.calls: list[list[dict[str, Any]]] = []
+
+    def put_events(self, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        assert len(Entries) <= 10
+        self.calls.append(Entries)
+        if self.raise_times:
+            self.raise_times -= 1
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "PutEvents")
+        results = []
+        for entry in Entries:
+            if self.refuse.get(entry["DetailType"], 0) > 0:
+                self.refuse[entry["DetailType"]] -= 1
+                results.append({"ErrorCode": "InternalFailure", "ErrorMessage": "try again"})
+            else:
+                results.append({"EventId": "id"})
+        return {"FailedEntryCount": sum(1 for r in results if "ErrorCode" in r), "Entries": results}
+
+
+def typed(detail_type: str) -> ContractEvent:
+    return ContractEvent(detail_type, {"coupon_id": "c"}, at=datetime(2026, 5, 1, tzinfo=UTC))
+
+
+def test_put_retries_only_the_refused_entries_and_reports_what_never_went_through() -> None:
+    client = FakeEvents({"B": 1, "C": 99})
+    bus = EventBus(client, "coupons", sleep=lambda _: None)
+    batch = [typed("A")] * 11 + [typed("B"), typed("C")]
+    failed = bus.put(batch)
+    assert failed == {12}
+    assert [len(c) for c in client.calls] == [10, 3, 2, 1]  # 10, then 3 (B and C refused), B+C, C
+    first = client.calls[0][0]
+    assert first["Source"] == "coupons" and first["EventBusName"] == "coupons"
+    assert json.loads(first["Detail"]) == {"coupon_id": "c"}
+
+
+def test_put_retries_a_throttled_call() -> None:
+    client = FakeEvents({}, raise_times=2)
+    assert EventBus(client, "coupons", sleep=lambda _: None).put([typed("A")]) == set()
+    assert len(client.calls) == 3
+
+
+def test_a_stream_record_in_lambda_shape_becomes_a_change() -> None:
+    arn = "arn:aws:dynamodb:us-east-1:123456789012:table/coupons-guards/stream/2026-05-01T00:00:00.000"
+    record = {"eventID": "e1", "eventName": "INSERT", "eventSourceARN": arn,
+              "dynamodb": {"SequenceNumber": "42", "ApproximateCreationDateTime": 1777600000,
+                           "NewImage": {"pk": {"S": "FRAUD#2026-05-01"}, "n": {"N": "3"}}}}
+    tables = {"coupons": "coupons", "guards": "coupons-guards", "jobs": "coupons-jobs"}
+    got = change_of(record, tables)
+    assert (got.table, got.sequence_number, got.new, got.old) == ("guards", "42",
+                                                                   {"pk": "FRAUD#2026-05-01", "n": 3}, None)
+    assert got.at == datetime.fromtimestamp(1777600000, UTC)
+    assert table_of("arn:aws:dynamodb:r:a:table/other/stream/x", tables) is None
