@@ -6,6 +6,10 @@ Redemptions are found through write-sharded day indexes on the coupons table
 - redemptions made on a UTC day: gsi3, `gsi3pk=DAY#<YYYY-MM-DD>#<shard>`;
 - rollbacks made on a UTC day:   gsi4, `gsi4pk=RBDAY#<YYYY-MM-DD>#<shard>`;
 
+(sort keys `<at iso>#<redemption id>`). Failed guesses are day counters split over
+shard items (`pk=FAILED#<day>`, `count`), fraud flags are items under `pk=FRAUD#<day>`
+in the guards table (see checkout_store).
+
 Every shard is read and the shards are merged on the index sort key (each
 shard comes back sorted by it), so a day streams through in order with only a
 page per shard in memory. No Scan anywhere.
@@ -20,12 +24,8 @@ from typing import IO, Any
 
 from botocore.exceptions import ClientError
 
+from .checkout_store import DAY_SHARDS  # the checkout store writes the day index and owns its shard count
 from .dynamo import Item, from_item, translate
-
-try:  # the checkout store owns the shard count of the day index
-    from .checkout_store import DAY_SHARDS
-except ImportError:  # pragma: no cover - only before the checkout store exists
-    DAY_SHARDS = 8
 
 PAGE_LIMIT = 1000
 REDEMPTION_FIELDS = (
