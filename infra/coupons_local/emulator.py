@@ -50,6 +50,9 @@ class Emulator:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         from moto.server import DomainDispatcherApplication, create_backend_app
 
+        from .moto_patches import apply as patch_moto
+
+        patch_moto()  # transactions copy the items they touch, not whole tables (see moto_patches)
         app = DomainDispatcherApplication(create_backend_app)
         self._server: BaseWSGIServer = make_server(host, port, SerialisedWsgi(app), threaded=True)
         self.endpoint = f"http://{host}:{self._server.server_port}"

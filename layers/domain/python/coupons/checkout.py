@@ -161,6 +161,7 @@ class CheckoutService:
         snapshot = self._guarded_read(request.code, who, now, ip_users=True)
         ip_users = (snapshot.ip_users_previous, snapshot.ip_users_current)
         fingerprint = order_fingerprint(who.user_id, request)
+        attempt_id = uuid.uuid4().hex  # tells our own committed-but-unacknowledged write from a replay
         tried: set[int] = set()
         busy = 0
         logical = 0
@@ -173,13 +174,14 @@ class CheckoutService:
                 quote = self._quote(snapshot, request, who, now)
                 shard = self._pick_shard(coupon, tried, now)
             except RuleViolation as violation:
-                return self._replay_or(rid, fingerprint, violation)
+                return self._replay_or(rid, fingerprint, attempt_id, violation)
             except (_Reread, StoreBusy) as reason:
                 busy = self._backoff(busy) if isinstance(reason, StoreBusy) else busy
                 logical += 1
                 snapshot = self._reread(request.code, who)
                 continue
             record = self._record(rid, coupon, quote, request, who, fingerprint, now, shard)
+            record["attempt_id"] = attempt_id
             try:
                 self._store.commit_redemption(record, coupon=coupon, usage_current=snapshot.usage_is_current(),
                                               now=now, shard=shard)
@@ -189,7 +191,7 @@ class CheckoutService:
                 continue
             except Cancelled as cancelled:
                 if cancelled.failed(0):  # this order was redeemed already: a replay, or a different order
-                    return self._replay(cancelled.old(0), fingerprint)
+                    return self._replay(cancelled.old(0), fingerprint, attempt_id)
                 if cancelled.failed(1) and shard is not None and not cancelled.failed(2):
                     tried.add(shard)  # that shard is empty: try another before saying "exhausted"
                     continue
@@ -243,20 +245,21 @@ class CheckoutService:
         view["rolled_back_at"] = None
         return view
 
-    def _replay_or(self, rid: str, fingerprint: str, violation: RuleViolation) -> Redeemed:
+    def _replay_or(self, rid: str, fingerprint: str, attempt_id: str, violation: RuleViolation) -> Redeemed:
         """A rule says no; but if this very order was redeemed already, the answer is that redemption."""
         existing = self._with_busy_retry(lambda: self._store.get_redemption(rid))
         if existing is None:
             raise violation
-        return self._replay(existing, fingerprint)
+        return self._replay(existing, fingerprint, attempt_id)
 
     @staticmethod
-    def _replay(existing: dict[str, Any] | None, fingerprint: str) -> Redeemed:
+    def _replay(existing: dict[str, Any] | None, fingerprint: str, attempt_id: str) -> Redeemed:
         if existing is None:
             raise TryAgain(retry_after=RETRY_AFTER_SECONDS)
         if existing.get("order_fingerprint") != fingerprint:
             raise IdempotencyConflict()
-        return Redeemed(redemption_view(existing), created=False)
+        # Our own earlier try may have committed before its answer was lost (a timeout): still a 201.
+        return Redeemed(redemption_view(existing), created=existing.get("attempt_id") == attempt_id)
 
     def _after_redemption(self, who: Caller, now: datetime, ip_users: tuple[set[str], set[str]]) -> None:
         """Count the IP's distinct users; flag the IP once it redeems for too many of them."""

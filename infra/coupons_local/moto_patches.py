@@ -1,0 +1,191 @@
+"""A correction to the emulator: TransactWriteItems that costs what it touches, not the whole table.
+
+moto (5.2.5) backs up every table a transaction names with `copy.deepcopy` before
+applying it, so that a cancelled transaction can be undone. That makes every
+transaction O(table size): 1 ms on an empty table, ~60 ms at 5,000 items, ~270 ms
+at 25,000 (DESIGN-NOTES), and a local stack holding 100,000 coupons answers a
+redemption in seconds. DynamoDB itself has no such cost.
+
+The replacement below is moto's own method with one change: before an item is
+written it remembers that item's previous state (a deep copy of that one item, or
+"absent") and the length of its table's stream; a cancelled transaction puts those
+items back and drops the stream records it had appended. Everything else (condition
+evaluation, cancellation reasons with ALL_OLD, the checks for duplicate keys and
+the 100-item limit) is moto's code, unchanged. It is applied only to the version
+it was written against; any other version keeps moto's behaviour, with a warning.
+
+Derived from moto (Apache License 2.0), moto/dynamodb/models/__init__.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any
+
+PINNED_MOTO_VERSION = "5.2.5"
+_applied = False
+original: Any = None  # moto's own method, kept for comparison (tests, benchmarks)
+
+
+def apply() -> bool:
+    """Install the patch; True if it is active (idempotent)."""
+    global _applied, original
+    if _applied:
+        return True
+    import moto
+    from moto.dynamodb.models import DynamoDBBackend
+
+    if moto.__version__ != PINNED_MOTO_VERSION:
+        warnings.warn(
+            f"coupons-local: moto {moto.__version__} is not {PINNED_MOTO_VERSION}; TransactWriteItems keeps "
+            "moto's whole-table copy (slow on big tables)", RuntimeWarning, stacklevel=2)
+        return False
+    original = DynamoDBBackend.transact_write_items
+    DynamoDBBackend.transact_write_items = _transact_write_items  # type: ignore[method-assign]
+    _applied = True
+    return True
+
+
+def _key_of(table: Any, key: dict[str, Any]) -> tuple[Any, Any]:
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    hash_value = DynamoType(key[table.hash_key_attr])
+    range_value = DynamoType(key[table.range_key_attr]) if table.range_key_attr is not None else None
+    return hash_value, range_value
+
+
+def _transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
+    from moto.dynamodb.comparisons import get_filter_expression
+    from moto.dynamodb.exceptions import (
+        ConditionalCheckFailed,
+        MockValidationException,
+        MultipleTransactionsException,
+        TooManyTransactionsException,
+        TransactionCanceledException,
+        TransactWriteSingleOpException,
+    )
+
+    if len(transact_items) > 100:
+        raise TooManyTransactionsException()
+    # What each touched item was before this transaction, and where each table's stream stood.
+    before: dict[tuple[str, Any, Any], Any] = {}
+    stream_marks: dict[str, int | None] = {}
+
+    def remember(table_name: str, key: dict[str, Any]) -> None:
+        table = self.get_table(table_name)
+        if table_name not in stream_marks:
+            stream_marks[table_name] = len(table.stream_shard.items) if table.stream_shard is not None else None
+        hash_value, range_value = _key_of(table, key)
+        slot = (table_name, hash_value, range_value)
+        if slot not in before:
+            before[slot] = copy.deepcopy(table.get_item(hash_value, range_value))
+
+    def undo() -> None:
+        for (table_name, hash_value, range_value), item in before.items():
+            table = self.get_table(table_name)
+            if range_value is not None:
+                if item is None:
+                    table.items[hash_value].pop(range_value, None)
+                    if not table.items[hash_value]:
+                        table.items.pop(hash_value, None)
+                else:
+                    table.items[hash_value][range_value] = item
+            elif item is None:
+                table.items.pop(hash_value, None)
+            else:
+                table.items[hash_value] = item
+        for table_name, mark in stream_marks.items():
+            shard = self.get_table(table_name).stream_shard
+            if mark is not None and shard is not None:
+                del shard.items[mark:]
+
+    target_items: set[tuple[str, str]] = set()
+
+    def check_unicity(table_name: str, key: dict[str, Any]) -> None:
+        item = (str(table_name), str(dict(sorted(key.items()))))
+        if item in target_items:
+            raise MultipleTransactionsException()
+        target_items.add(item)
+
+    errors: list[tuple[str, str, dict[str, Any]] | tuple[None, None, None]] = []
+    for item in transact_items:
+        original_item: dict[str, Any] | None = None
+        if len(list(item.keys())) > 1:
+            raise TransactWriteSingleOpException
+
+        try:
+            op_type, op = next(iter(item.items()))
+            if op_type not in {"ConditionCheck", "Put", "Delete", "Update"}:
+                raise ValueError("Unsupported transaction operation")
+
+            table_name = op["TableName"]
+            condition_expression = op.get("ConditionExpression")
+            expression_attribute_names = op.get("ExpressionAttributeNames")
+            expression_attribute_values = op.get("ExpressionAttributeValues")
+            return_values_on_condition_check_failure = op.get("ReturnValuesOnConditionCheckFailure")
+
+            if op_type == "Put":
+                attrs = op["Item"]
+                table = self.get_table(table_name)
+                key = {table.hash_key_attr: attrs[table.hash_key_attr]}
+                if table.range_key_attr is not None:
+                    key[table.range_key_attr] = attrs[table.range_key_attr]
+            else:
+                key = op["Key"]
+
+            check_unicity(table_name, key)
+            if op_type != "ConditionCheck":
+                remember(table_name, key)
+
+            current = self.get_item(table_name, key)
+            if condition_expression is not None:
+                condition_op = get_filter_expression(
+                    condition_expression,
+                    expression_attribute_names,
+                    expression_attribute_values,
+                )
+                if not condition_op.expr(current):
+                    if return_values_on_condition_check_failure == "ALL_OLD" and current:
+                        original_item = current.to_json()["Attributes"]
+                    raise ConditionalCheckFailed(item=original_item)
+
+            if op_type == "Put":
+                attrs = op["Item"]
+                self.put_item(
+                    table_name,
+                    attrs,
+                    condition_expression=condition_expression,
+                    expression_attribute_names=expression_attribute_names,
+                    expression_attribute_values=expression_attribute_values,
+                )
+            elif op_type == "Delete":
+                self.delete_item(
+                    table_name,
+                    key,
+                    condition_expression=condition_expression,
+                    expression_attribute_names=expression_attribute_names,
+                    expression_attribute_values=expression_attribute_values,
+                )
+            elif op_type == "Update":
+                update_expression = op["UpdateExpression"]
+                self.update_item(
+                    table_name,
+                    key,
+                    update_expression=update_expression,
+                    condition_expression=condition_expression,
+                    expression_attribute_names=expression_attribute_names,
+                    expression_attribute_values=expression_attribute_values,
+                )
+            errors.append((None, None, None))
+        except (MultipleTransactionsException, MockValidationException):
+            undo()
+            raise
+        except ConditionalCheckFailed as e:
+            errors.append(("ConditionalCheckFailed", str(e.message), original_item))  # type: ignore[arg-type]
+        except Exception as e:  # moto reports any other failure as a reason, so do we
+            errors.append((type(e).__name__, str(e), original_item))  # type: ignore[arg-type]
+
+    if any(code is not None for code, _, _ in errors):
+        undo()
+        raise TransactionCanceledException(errors)
