@@ -202,8 +202,9 @@ class Gateway:
         headers.update(result.get("headers") or {})
         response = Response(status=int(result.get("statusCode", 502)), headers=headers)
         for name, values in (result.get("multiValueHeaders") or {}).items():
-            for value in values:
-                response.headers.add(name, value)
+            # The function's values replace the defaults (as API Gateway merges them): no second
+            # Content-Type after werkzeug's text/plain, no doubled Access-Control-Allow-Origin.
+            response.headers.setlist(name, list(values))
         body = result.get("body") or ""
         response.set_data(base64.b64decode(body) if result.get("isBase64Encoded") else body.encode())
         return response
