@@ -123,8 +123,9 @@ TABLES = (COUPONS_TABLE, GUARDS_TABLE, JOBS_TABLE)
 
 BUCKETS = (
     Bucket("imports", "IMPORTS_BUCKET", "coupons-imports", "marketing's CSV uploads and their results",
-           notify_prefix_to_queue=("incoming/", "imports")),
-    Bucket("exports", "EXPORTS_BUCKET", "coupons-exports", "generated codes (plaintext, SSE-KMS)"),
+           notify_prefix_to_queue=("incoming/", "imports"), expire_after_days=(("work/", 7),)),
+    Bucket("exports", "EXPORTS_BUCKET", "coupons-exports", "generated codes (plaintext, SSE-KMS)",
+           expire_after_days=(("work/", 7), ("exports/", 30))),
     Bucket("reports", "REPORTS_BUCKET", "coupons-reports", "finance's daily reports"),
 )
 
@@ -228,6 +229,40 @@ FUNCTIONS: tuple[Function, ...] = (
         memory_mb=1024,
         timeout_seconds=29,
         grants=(("table", "coupons", READ), ("table", "guards", READ)),
+    ),
+    # Bulk (issue 5): generation jobs and job status (API), CSV imports and code generation (SQS workers).
+    Function(
+        name="jobs",
+        description="Bulk API: start a generation job, follow any job",
+        routes=(Route("POST", "/campaigns/{campaign_id}/codes"), Route("GET", "/jobs/{job_id}")),
+        timeout_seconds=29,
+        grants=(("table", "jobs", READWRITE), ("queue", "generation", "send"),
+                ("bucket", "exports", "read:exports/")),  # the presigned export URL is signed with this role
+    ),
+    Function(
+        name="csv_import",
+        description="CSV import worker: S3 notifications and planned ranges from the imports queue",
+        memory_mb=1024,
+        timeout_seconds=900,
+        grants=(*_CODES, ("table", "jobs", READWRITE), ("bucket", "imports", "read:incoming/"),
+                ("bucket", "imports", "readwrite:work/"), ("bucket", "imports", "delete:work/"),
+                ("bucket", "imports", "write:results/"), ("queue", "imports", "send"),
+                ("queue", "imports", "consume")),
+        queue="imports",
+        queue_batch_size=1,  # one object (or range) per invocation: each may take minutes
+        queue_max_concurrency=10,
+    ),
+    Function(
+        name="generate_codes",
+        description="Generation worker: fans a job out into batches, writes codes, assembles the export",
+        memory_mb=1024,
+        timeout_seconds=900,
+        grants=(*_CODES, ("table", "jobs", READWRITE), ("bucket", "exports", "readwrite:work/"),
+                ("bucket", "exports", "delete:work/"), ("bucket", "exports", "write:exports/"),
+                ("queue", "generation", "send"), ("queue", "generation", "consume")),
+        queue="generation",
+        queue_batch_size=1,  # a batch is 1,000 codes: about a second of writes
+        queue_max_concurrency=20,  # 20 writers stay within a new on-demand table's 4,000 WCU/s
     ),
 )
 

@@ -8,7 +8,7 @@ from typing import Any
 
 # Each entry is a routes module with a `router`; later issues append theirs.
 ROUTE_MODULES = ("coupons.routes.admin", "coupons.routes.reports", "coupons.routes.checkout",
-                 "coupons.routes.redemptions")
+                 "coupons.routes.redemptions", "coupons.routes.jobs")
 
 
 @lru_cache(maxsize=1)

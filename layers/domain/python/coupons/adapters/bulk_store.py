@@ -1,0 +1,436 @@
+"""Bulk storage: batched conditional coupon writes, job records and checkpoints, objects, queues.
+
+Coupons
+    `CouponBatchWriter.write` stores up to 50 coupons per `TransactWriteItems`
+    (coupon item + id pointer = 2 items each, 100 items: the service limit), every
+    item guarded by `attribute_not_exists(pk)`, so an existing code is never
+    overwritten. When a transaction is cancelled, DynamoDB's cancellation reasons
+    name the offending items: those rows are classified and the rest is written
+    again; without reasons (or for any other failure of the whole batch) each row
+    is written on its own to find the offending ones.
+
+    The id pointer carries the `job_id` that wrote it. Bulk ids are derived from
+    the job's input (see `coupons.jobs.derived_coupon_id`), so a replayed batch
+    (SQS redelivery, a resumed range, a second upload of the same object) finds
+    its own pointers and reports those rows as already created instead of
+    creating them again.
+
+Jobs (the jobs table)
+    job item      pk=JOB#<id>  sk=JOB            entity=job: kind, status, counters, result
+    checkpoint    pk=JOB#<id>  sk=CP#<name>      entity=checkpoint: how far a range or batch got
+    Progress is committed with the checkpoint in one transaction (checkpoint put
+    guarded by its sequence number + `ADD` on the job's counters), so a replayed
+    or concurrent duplicate never counts twice. Status moves to succeeded/failed
+    exactly once (conditional update): that transition is what the events
+    publisher turns into BulkImportCompleted / BulkGenerationCompleted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from .coupon_store import coupon_item, id_pk
+from .dynamo import chunks, error_code, from_item, is_transient, key, to_item, to_value, translate
+
+MAX_COUPONS_PER_TRANSACTION = 50  # 2 items each: TransactWriteItems takes at most 100
+_CONFLICT_ATTEMPTS = 4
+
+CREATED = "created"  # written now
+REPLAYED = "replayed"  # written earlier by this same job (a redelivery or a resumed run)
+CODE_TAKEN = "code_taken"  # the code belongs to another coupon
+ID_TAKEN = "id_taken"  # the derived id was created by another job (same input uploaded before)
+INVALID = "invalid"  # DynamoDB refused the item itself (e.g. too large)
+
+
+@dataclass
+class PendingCoupon:
+    ref: int  # the caller's reference: a row number or a position in a batch
+    record: dict[str, Any]  # a coupon record as AdminService.create builds it
+
+
+@dataclass
+class WriteResult:
+    outcome: str
+    pointer: dict[str, Any] | None = None  # for REPLAYED / ID_TAKEN: the stored pointer
+    message: str = ""
+
+
+def pointer_item(record: Mapping[str, Any], job_id: str) -> dict[str, Any]:
+    """The id pointer CouponStore.create writes, plus the job that wrote it."""
+    return {"pk": id_pk(record["coupon_id"]), "sk": "COUPON", "entity": "pointer",
+            "coupon_id": record["coupon_id"], "code_hash": record["code_hash"], "job_id": job_id}
+
+
+class CouponBatchWriter:
+    def __init__(self, dynamodb: Any, table: str, *, sleep: Any = time.sleep) -> None:
+        self._db = dynamodb
+        self._table = table
+        self._sleep = sleep
+        self.transactions = 0  # calls made (for the benchmarks)
+
+    def write(self, pending: list[PendingCoupon], job_id: str) -> dict[int, WriteResult]:
+        """Store every pending coupon that can be stored; one result per ref."""
+        results: dict[int, WriteResult] = {}
+        for batch in chunks(pending, MAX_COUPONS_PER_TRANSACTION):
+            self._write_batch(batch, job_id, results)
+        return results
+
+    def _items(self, row: PendingCoupon, job_id: str) -> list[dict[str, Any]]:
+        return [
+            {"Put": {"TableName": self._table, "Item": to_item(coupon_item(row.record)),
+                     "ConditionExpression": "attribute_not_exists(pk)"}},
+            {"Put": {"TableName": self._table, "Item": to_item(pointer_item(row.record, job_id)),
+                     "ConditionExpression": "attribute_not_exists(pk)"}},
+        ]
+
+    def _write_batch(self, batch: list[PendingCoupon], job_id: str, results: dict[int, WriteResult]) -> None:
+        remaining = list(batch)
+        for attempt in range(_CONFLICT_ATTEMPTS):
+            if not remaining:
+                return
+            reasons = self._transact([i for row in remaining for i in self._items(row, job_id)])
+            if reasons is None:  # committed
+                for row in remaining:
+                    results[row.ref] = WriteResult(CREATED)
+                return
+            if not reasons or len(reasons) != 2 * len(remaining):
+                break  # no usable reasons: find the offending rows one by one
+            retry = []
+            for position, row in enumerate(remaining):
+                verdict = self._classify(row, reasons[2 * position], reasons[2 * position + 1], job_id)
+                if verdict is None:
+                    retry.append(row)  # not at fault: cancelled because of another row
+                else:
+                    results[row.ref] = verdict
+            if len(retry) == len(remaining):  # nobody at fault: a conflict with another writer
+                self._sleep(0.05 * (2 ** attempt))
+            remaining = retry
+        for row in remaining:
+            results[row.ref] = self._write_one(row, job_id)
+
+    def _write_one(self, row: PendingCoupon, job_id: str) -> WriteResult:
+        for attempt in range(_CONFLICT_ATTEMPTS):
+            try:
+                reasons = self._transact(self._items(row, job_id))
+            except ClientError as error:
+                if error_code(error) == "ValidationException":
+                    return WriteResult(INVALID, message="the coupon could not be stored (too large?)")
+                raise
+            if reasons is None:
+                return WriteResult(CREATED)
+            padded = [*reasons, None, None]
+            verdict = self._classify(row, padded[0], padded[1], job_id)
+            if verdict is not None:
+                return verdict
+            self._sleep(0.05 * (2 ** attempt))
+        from ..errors import TryAgain
+
+        raise TryAgain(retry_after=1)
+
+    def _classify(self, row: PendingCoupon, coupon_reason: str | None, pointer_reason: str | None,
+                  job_id: str) -> WriteResult | None:
+        if pointer_reason == "ConditionalCheckFailed":
+            pointer = self.get_pointer(row.record["coupon_id"])
+            if pointer is not None and pointer.get("job_id") == job_id:
+                return WriteResult(REPLAYED, pointer=pointer)
+            return WriteResult(ID_TAKEN, pointer=pointer)
+        if coupon_reason == "ConditionalCheckFailed":
+            return WriteResult(CODE_TAKEN)
+        if "ValidationError" in (coupon_reason, pointer_reason):
+            return WriteResult(INVALID, message="the coupon could not be stored (too large?)")
+        return None
+
+    def _transact(self, items: list[dict[str, Any]]) -> list[str | None] | None:
+        """None when committed, else the per-item cancellation reason codes ([] when not given)."""
+        self.transactions += 1
+        try:
+            self._db.transact_write_items(TransactItems=items)
+        except ClientError as error:
+            code = error_code(error)
+            if code == "TransactionCanceledException":
+                raw = error.response.get("CancellationReasons") or []
+                return [None if r.get("Code") in (None, "None") else str(r.get("Code")) for r in raw]
+            if code == "ValidationException" and len(items) > 2:
+                return []  # e.g. one item too large: the row-by-row pass finds it
+            if is_transient(error):
+                raise translate(error) from error
+            raise
+        return None
+
+    def get_pointer(self, coupon_id: str) -> dict[str, Any] | None:
+        try:
+            raw = self._db.get_item(TableName=self._table, Key=key(id_pk(coupon_id), "COUPON"),
+                                    ConsistentRead=True)
+        except ClientError as error:
+            raise translate(error) from error
+        return from_item(raw.get("Item"))
+
+    def get_coupon_item(self, code_hash: str) -> dict[str, Any] | None:
+        try:
+            raw = self._db.get_item(TableName=self._table, Key=key(f"CODE#{code_hash}", "COUPON"),
+                                    ConsistentRead=True)
+        except ClientError as error:
+            raise translate(error) from error
+        return from_item(raw.get("Item"))
+
+
+# --- jobs -------------------------------------------------------------------------------------
+
+
+def job_pk(job_id: str) -> str:
+    return f"JOB#{job_id}"
+
+
+ACTIVE = ("queued", "running")
+
+
+class JobTable:
+    def __init__(self, dynamodb: Any, table: str) -> None:
+        self._db = dynamodb
+        self._table = table
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        return self._get(job_pk(job_id), "JOB")
+
+    def get_checkpoint(self, job_id: str, name: str) -> dict[str, Any] | None:
+        return self._get(job_pk(job_id), f"CP#{name}")
+
+    def _get(self, pk: str, sk: str) -> dict[str, Any] | None:
+        try:
+            raw = self._db.get_item(TableName=self._table, Key=key(pk, sk), ConsistentRead=True)
+        except ClientError as error:
+            raise translate(error) from error
+        return from_item(raw.get("Item"))
+
+    def create(self, job: Mapping[str, Any]) -> bool:
+        """A new job item; False when a job with that id exists already."""
+        item = {**job, "pk": job_pk(job["job_id"]), "sk": "JOB", "entity": "job"}
+        try:
+            self._db.put_item(TableName=self._table, Item=to_item(item),
+                              ConditionExpression="attribute_not_exists(pk)")
+        except ClientError as error:
+            if error_code(error) == "ConditionalCheckFailedException":
+                return False
+            raise translate(error) from error
+        return True
+
+    def update(self, job_id: str, values: Mapping[str, Any], *, only_if_active: bool = True) -> bool:
+        """SET attributes on a job; False when it has finished (or does not exist)."""
+        names, exprs, attr_values = _set_clause(values)
+        condition = "attribute_exists(pk)"
+        if only_if_active:
+            condition += " AND #status IN (:queued, :running)"
+            names["#status"] = "status"
+            attr_values.update({":queued": to_value("queued"), ":running": to_value("running")})
+        try:
+            self._db.update_item(TableName=self._table, Key=key(job_pk(job_id), "JOB"),
+                                 UpdateExpression="SET " + ", ".join(exprs), ConditionExpression=condition,
+                                 ExpressionAttributeNames=names, ExpressionAttributeValues=attr_values)
+        except ClientError as error:
+            if error_code(error) == "ConditionalCheckFailedException":
+                return False
+            raise translate(error) from error
+        return True
+
+    def finish(self, job_id: str, status: str, values: Mapping[str, Any]) -> bool:
+        """The one transition to succeeded/failed; False when another worker made it first."""
+        return self.update(job_id, {**values, "status": status}, only_if_active=True)
+
+    def commit(self, job_id: str, checkpoint: str, *, seq: int, state: Mapping[str, Any],
+               add: Mapping[str, int], values: Mapping[str, Any]) -> bool:
+        """Advance a checkpoint from `seq` to `seq + 1` and add its progress to the job, atomically.
+
+        False when the checkpoint had moved on (a concurrent duplicate did this work) or the
+        job has finished: nothing was counted.
+        """
+        cp_item = {**state, "pk": job_pk(job_id), "sk": f"CP#{checkpoint}", "entity": "checkpoint",
+                   "seq": seq + 1}
+        put: dict[str, Any] = {"TableName": self._table, "Item": to_item(cp_item)}
+        if seq == 0:
+            put["ConditionExpression"] = "attribute_not_exists(pk)"
+        else:
+            put.update(ConditionExpression="seq = :seq", ExpressionAttributeValues={":seq": to_value(seq)})
+        names, exprs, attr_values = _set_clause(values)
+        adds = []
+        for i, (field, amount) in enumerate(sorted(add.items())):
+            names[f"#a{i}"] = field
+            attr_values[f":a{i}"] = to_value(int(amount))
+            adds.append(f"#a{i} :a{i}")
+        names["#status"] = "status"
+        attr_values.update({":queued": to_value("queued"), ":running": to_value("running")})
+        expression = "SET " + ", ".join(exprs) + (" ADD " + ", ".join(adds) if adds else "")
+        update = {"TableName": self._table, "Key": key(job_pk(job_id), "JOB"), "UpdateExpression": expression,
+                  "ConditionExpression": "#status IN (:queued, :running)",
+                  "ExpressionAttributeNames": names, "ExpressionAttributeValues": attr_values}
+        try:
+            self._db.transact_write_items(TransactItems=[{"Put": put}, {"Update": update}])
+        except ClientError as error:
+            if error_code(error) == "TransactionCanceledException":
+                reasons = [r.get("Code") for r in error.response.get("CancellationReasons") or []]
+                if "ConditionalCheckFailed" in reasons:
+                    return False
+            raise translate(error) from error
+        return True
+
+
+def _set_clause(values: Mapping[str, Any]) -> tuple[dict[str, str], list[str], dict[str, Any]]:
+    names: dict[str, str] = {}
+    exprs: list[str] = []
+    attr_values: dict[str, Any] = {}
+    for i, (field, value) in enumerate(sorted(values.items())):
+        names[f"#s{i}"] = field
+        attr_values[f":s{i}"] = to_value(value)
+        exprs.append(f"#s{i} = :s{i}")
+    return names, exprs, attr_values
+
+
+# --- objects ----------------------------------------------------------------------------------
+
+MULTIPART_PART_BYTES = 8 * 1024 * 1024  # S3 parts are at least 5 MB, but the last
+READ_CHUNK_BYTES = 256 * 1024
+
+
+class ObjectChanged(Exception):
+    """The object no longer has the ETag the job started from."""
+
+
+class BulkObjects:
+    """The S3 calls of the bulk features: ranged streaming reads, writes, concatenation, presigning."""
+
+    def __init__(self, s3: Any, *, kms_key_id: str | None = None) -> None:
+        self._s3 = s3
+        self._kms_key_id = kms_key_id
+
+    def _encryption(self, encrypt: bool) -> dict[str, str]:
+        if not encrypt:
+            return {}
+        extra = {"ServerSideEncryption": "aws:kms"}
+        if self._kms_key_id:
+            extra["SSEKMSKeyId"] = self._kms_key_id
+        return extra
+
+    def stream(self, bucket: str, key_name: str, *, etag: str | None = None, version_id: str | None = None,
+               start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """The object's bytes [start, end) in chunks, never the whole object in memory."""
+        if end is not None and end <= start:
+            return
+        request: dict[str, Any] = {"Bucket": bucket, "Key": key_name}
+        if start or end is not None:
+            request["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
+        if etag:
+            request["IfMatch"] = f'"{etag.strip(chr(34))}"'
+        if version_id:
+            request["VersionId"] = version_id
+        try:
+            body = self._s3.get_object(**request)["Body"]
+        except ClientError as error:
+            if error_code(error) in ("PreconditionFailed", "412", "NoSuchKey", "NoSuchVersion"):
+                raise ObjectChanged(key_name) from error
+            raise
+        try:
+            yield from body.iter_chunks(READ_CHUNK_BYTES)
+        finally:
+            body.close()
+
+    def put(self, bucket: str, key_name: str, body: bytes, *, content_type: str = "text/csv",
+            metadata: Mapping[str, str] | None = None, encrypt: bool = False) -> None:
+        self._s3.put_object(Bucket=bucket, Key=key_name, Body=body, ContentType=content_type,
+                            Metadata=dict(metadata or {}), **self._encryption(encrypt))
+
+    def get_bytes(self, bucket: str, key_name: str) -> bytes:
+        return bytes(self._s3.get_object(Bucket=bucket, Key=key_name)["Body"].read())
+
+    def keys(self, bucket: str, prefix: str) -> list[str]:
+        """Every key under a prefix, in S3's (lexicographic) order."""
+        found: list[str] = []
+        paginator = self._s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            found.extend(obj["Key"] for obj in page.get("Contents", []))
+        return found
+
+    def delete(self, bucket: str, keys: Iterable[str]) -> None:
+        for batch in chunks(keys, 1000):
+            self._s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+
+    def concatenate(self, bucket: str, dest: str, head: bytes, sources: Iterable[str], *,
+                    source_bucket: str | None = None, content_type: str = "text/csv",
+                    metadata: Mapping[str, str] | None = None, encrypt: bool = False) -> int:
+        """Write head + every source object, in order, to dest; streaming, at most ~2 parts in memory.
+
+        Small results are one PutObject; larger ones a multipart upload of 8 MB parts. Returns
+        the number of bytes written.
+        """
+        buffer = bytearray(head)
+        upload_id: str | None = None
+        parts: list[dict[str, Any]] = []
+        written = 0
+        try:
+            for source in sources:
+                for chunk in self.stream(source_bucket or bucket, source):
+                    buffer += chunk
+                    if len(buffer) >= MULTIPART_PART_BYTES:
+                        if upload_id is None:
+                            upload_id = self._s3.create_multipart_upload(
+                                Bucket=bucket, Key=dest, ContentType=content_type, Metadata=dict(metadata or {}),
+                                **self._encryption(encrypt))["UploadId"]
+                        written += self._upload_part(bucket, dest, upload_id, parts, bytes(buffer))
+                        buffer.clear()
+            if upload_id is None:
+                self.put(bucket, dest, bytes(buffer), content_type=content_type, metadata=metadata,
+                         encrypt=encrypt)
+                return len(buffer)
+            if buffer:
+                written += self._upload_part(bucket, dest, upload_id, parts, bytes(buffer))
+            self._s3.complete_multipart_upload(Bucket=bucket, Key=dest, UploadId=upload_id,
+                                               MultipartUpload={"Parts": parts})
+            return written
+        except BaseException:
+            if upload_id is not None:
+                self._s3.abort_multipart_upload(Bucket=bucket, Key=dest, UploadId=upload_id)
+            raise
+
+    def _upload_part(self, bucket: str, dest: str, upload_id: str, parts: list[dict[str, Any]],
+                     data: bytes) -> int:
+        number = len(parts) + 1
+        etag = self._s3.upload_part(Bucket=bucket, Key=dest, UploadId=upload_id, PartNumber=number,
+                                    Body=data)["ETag"]
+        parts.append({"PartNumber": number, "ETag": etag})
+        return len(data)
+
+    def presign_get(self, bucket: str, key_name: str, *, expires_in: int = 3600) -> str:
+        return str(self._s3.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": key_name}, ExpiresIn=expires_in))
+
+
+# --- queues -----------------------------------------------------------------------------------
+
+
+class QueueSender:
+    def __init__(self, sqs: Any) -> None:
+        self._sqs = sqs
+
+    def send(self, queue_url: str, messages: Iterable[Mapping[str, Any]]) -> int:
+        """Send JSON messages, ten per SendMessageBatch; retries the entries SQS refused."""
+        sent = 0
+        for batch in chunks(messages, 10):
+            entries = [{"Id": str(i), "MessageBody": json.dumps(m, separators=(",", ":"))}
+                       for i, m in enumerate(batch)]
+            for attempt in range(5):
+                response = self._sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
+                failed = {f["Id"] for f in response.get("Failed", [])}
+                sent += len(entries) - len(failed)
+                entries = [e for e in entries if e["Id"] in failed]
+                if not entries:
+                    break
+                time.sleep(0.1 * (2 ** attempt))
+            if entries:
+                from ..errors import TryAgain
+
+                raise TryAgain(retry_after=1)
+        return sent

@@ -1,0 +1,45 @@
+"""Bulk routes (`coupon-admins` only): start a generation job, follow any job."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.openapi.params import Body, Path
+from aws_lambda_powertools.event_handler.router import APIGatewayRouter
+
+from ..bulk_wiring import generation_service, job_service
+from ..generation import GenerationAccepted, GenerationRequest
+from ..http import metrics, require_admin
+from ..jobs import JobView
+
+router = APIGatewayRouter()
+
+CampaignId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+_ERRORS: dict[int, Any] = {400: {"description": "VALIDATION_ERROR"}, 401: {"description": "UNAUTHENTICATED"},
+           403: {"description": "FORBIDDEN"}}
+
+
+@router.post("/campaigns/<campaign_id>/codes", summary="Generate up to 1,000,000 codes for a campaign",
+             description="Asynchronous: answers 202 with a job id; follow it with GET /jobs/{job_id}. The "
+                         "template takes every coupon field but `code`; `pattern` (default `####-####-####`, "
+                         "each `#` one random character) must leave a guess at most a 1e-9 chance.",
+             tags=["bulk"],
+             responses={202: {"description": "The job was accepted",
+                              "content": {"application/json": {"model": GenerationAccepted}}},
+                        503: {"description": "TRY_AGAIN"}, **_ERRORS})
+def generate_codes(campaign_id: CampaignId,
+                   body: Annotated[GenerationRequest, Body()]) -> Response[GenerationAccepted]:
+    who = require_admin(router)
+    job_id = generation_service().start(campaign_id, body, who.user_id)
+    metrics.add_metric(name="GenerationJobsStarted", unit="Count", value=1)
+    return Response(status_code=202, content_type="application/json", body=GenerationAccepted(job_id=job_id))
+
+
+@router.get("/jobs/<job_id>", summary="Follow a bulk job (CSV import or code generation)", tags=["bulk"],
+            description="`result` holds the counts; a finished generation job adds `export_key` and "
+                        "`export_url` (a presigned GET, valid for an hour, made at each read).",
+            responses={404: {"description": "JOB_NOT_FOUND"}, **_ERRORS})
+def get_job(job_id: str) -> JobView:
+    require_admin(router)
+    return JobView.model_validate(job_service().get(job_id))
