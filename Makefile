@@ -25,7 +25,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy layers/domain/python/coupons infra/coupons_infra infra/coupons_local functions infra/app.py
 
-test: $(STAMP) lint
+# The browser tests drive Debian's Chromium (Playwright's own browser download does not work here).
+browser-deps:
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test: $(STAMP) lint browser-deps
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 synth: $(STAMP)
