@@ -53,6 +53,9 @@ Try it (tokens are valid for 7 days; make more with: .venv/bin/coupons-local tok
        -d '{{"code": "welcome10", "channel": "web", "order": {{"currency": "USD", "items": [{{"product_id": "p1", "category": "shoes", "unit_price": 4999, "quantity": 1}}]}}}}'
   curl -s $API/openapi.json
 
+Admin console:  {url}/console            (sign in with the $ADMIN token above)
+Checkout demo:  {url}/console/checkout   (sign in with the $TOKEN token above)
+
 Demo codes: WELCOME10, SAVE5, SHOES-20, POS-ONLY, STAFF30 (example.com emails only).
 Stop with Ctrl-C.""".rstrip()
 
