@@ -13,8 +13,8 @@ Scheduler fires the cron rules. Here:
   destination does on AWS;
 - one scheduler thread per scheduled function fires its handler on the cron
   (hourly sweep at minute 0; the report at 01:00 UTC) with an EventBridge
-  scheduled event. `COUPONS_LOCAL_SCHEDULE_EVERY_SECONDS` fires every schedule
-  that often instead (demos and tests);
+  scheduled event. `COUPONS_LOCAL_SCHEDULE_EVERY_SECONDS` fires them that often
+  instead (demos and tests): `30` for every schedule, or `expiry-sweep=2,daily-report=60`;
 - `jobs["expiry-sweep"]` and `jobs["daily-report"]` run them now
   (`coupons-local run expiry-sweep|daily-report [--date]`).
 """
@@ -233,6 +233,15 @@ class Scheduler:
                 log.exception("scheduled %s failed", self.schedule.name)
 
 
+def schedule_overrides(text: str) -> dict[str, float]:
+    """`30` (every schedule every 30 s) or `expiry-sweep=2,daily-report=60` (per schedule)."""
+    overrides: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, _, value = part.rpartition("=")
+        overrides[name.strip() or "*"] = float(value)
+    return overrides
+
+
 # --- registration ---------------------------------------------------------------------------------
 
 
@@ -248,13 +257,12 @@ def start(stack: LocalStack) -> None:
                 continue
             poller = StreamPoller(stack, function, arn, dlq_url)
             threading.Thread(target=poller.run, name=f"stream-{table}", daemon=True).start()
-    every_text = os.environ.get(SCHEDULE_EVERY_ENV)
-    every = float(every_text) if every_text else None
+    every = schedule_overrides(os.environ.get(SCHEDULE_EVERY_ENV, ""))
     schedulers = {}
     for function in r.FUNCTIONS:
         if function.schedule is None:
             continue
-        scheduler = Scheduler(stack, function, every)
+        scheduler = Scheduler(stack, function, every.get(function.schedule.name, every.get("*")))
         schedulers[function.schedule.name] = scheduler
         threading.Thread(target=scheduler.run, name=f"schedule-{function.schedule.name}", daemon=True).start()
 
