@@ -63,11 +63,11 @@ class CouponsStack(Stack):
         for channel, client in api.clients.items():
             CfnOutput(self, f"{channel.title()}ClientId", value=client.user_pool_client_id,
                       description=f"Cognito app client of the {channel} channel")
-        for channel, key in api.api_keys.items():
-            CfnOutput(self, f"{channel.title()}ApiKeyId", value=key.key_id,
+        for channel, api_key in api.api_keys.items():
+            CfnOutput(self, f"{channel.title()}ApiKeyId", value=api_key.key_id,
                       description=f"API key id of the {channel} usage plan (value: aws apigateway get-api-key)")
-        for key, bucket in self.storage.buckets.items():
-            CfnOutput(self, f"{key.title()}BucketName", value=bucket.bucket_name)
+        for bucket_key, bucket in self.storage.buckets.items():
+            CfnOutput(self, f"{bucket_key.title()}BucketName", value=bucket.bucket_name)
         CfnOutput(self, "EventBusName", value=self.messaging.bus.event_bus_name)
         CfnOutput(self, "AlarmTopicArn", value=self.observability.topic.topic_arn)
         CfnOutput(self, "Region", value=self.region)

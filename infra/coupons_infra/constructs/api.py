@@ -26,7 +26,7 @@ from .functions import retention
 ADMIN_GROUP = r.base_environment({}).get("ADMIN_GROUP", "coupon-admins")
 
 # (response type, HTTP status, contract error code, message, extra headers)
-GATEWAY_RESPONSES: tuple[tuple[str, str, str, str, dict[str, str]], ...] = (
+GATEWAY_RESPONSES: tuple[tuple[str, str | None, str, str, dict[str, str]], ...] = (
     ("UNAUTHORIZED", "401", "UNAUTHENTICATED", "A valid bearer token is required.", {}),
     ("EXPIRED_TOKEN", "401", "UNAUTHENTICATED", "A valid bearer token is required.", {}),
     ("INVALID_SIGNATURE", "401", "UNAUTHENTICATED", "A valid bearer token is required.", {}),
@@ -43,8 +43,8 @@ GATEWAY_RESPONSES: tuple[tuple[str, str, str, str, dict[str, str]], ...] = (
     ("THROTTLED", "429", "RATE_LIMITED", "Too many requests; try again later.", {"Retry-After": "1"}),
     ("QUOTA_EXCEEDED", "429", "RATE_LIMITED", "This channel's daily quota is used up.", {"Retry-After": "3600"}),
     ("INTEGRATION_TIMEOUT", "503", "TRY_AGAIN", "The service took too long; try again.", {"Retry-After": "1"}),
-    ("DEFAULT_4XX", None, "VALIDATION_ERROR", "The request is not valid.", {}),  # type: ignore[arg-type]
-    ("DEFAULT_5XX", None, "INTERNAL_ERROR", "Something went wrong.", {}),  # type: ignore[arg-type]
+    ("DEFAULT_4XX", None, "VALIDATION_ERROR", "The request is not valid.", {}),  # keeps the status
+    ("DEFAULT_5XX", None, "INTERNAL_ERROR", "Something went wrong.", {}),  # as the handlers answer
 )
 
 ACCESS_LOG_FORMAT = json.dumps({

@@ -17,6 +17,8 @@ CHANNELS = ("web", "mobile", "pos")
 
 
 def _text(value: Any) -> str:
+    if isinstance(value, str) and value.strip().startswith("["):  # a list given on the command line
+        value = json.loads(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list | tuple):

@@ -90,10 +90,21 @@ class PipLayerBundling:
                 "pip could not build the dependencies layer (it needs PyPI or a local mirror); "
                 "to synthesise without it pass -c aws:cdk:bundling-stacks=[] (the layer is then left "
                 f"unbuilt).\n{done.stderr[-2000:]}")
-        for entry in list(target.iterdir()):
-            if entry.name.split("-")[0] in RUNTIME_PROVIDED or entry.name in {"bin", "__pycache__"}:
-                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink()
+        prune_runtime_packages(target)
         return True
+
+
+def prune_runtime_packages(target: Path) -> list[str]:
+    """Drop what the Lambda runtime already has (boto3, botocore, s3transfer) and pip's scripts."""
+    removed = []
+    for entry in sorted(target.iterdir()):
+        if entry.name.split("-")[0] in RUNTIME_PROVIDED or entry.name in {"bin", "__pycache__"}:
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry.name)
+    return removed
 
 
 def parse_bucket_mode(mode: str) -> tuple[str, str]:

@@ -80,15 +80,14 @@ class Observability(Construct):
         self.dashboard = cloudwatch.Dashboard(
             self, "Dashboard", dashboard_name=f"{config.name_prefix}-service",
             default_interval=Duration.hours(6))
-        api_stage = {"period": FIVE_MINUTES}
         self.dashboard.add_widgets(
-            cloudwatch.GraphWidget(title="Requests", left=[api.metric_count(**api_stage, statistic="Sum")]),
+            cloudwatch.GraphWidget(title="Requests", left=[api.metric_count(period=FIVE_MINUTES, statistic="Sum")]),
             cloudwatch.GraphWidget(title="Errors", left=[
-                api.metric_client_error(**api_stage, statistic="Sum"),
-                api.metric_server_error(**api_stage, statistic="Sum")]),
+                api.metric_client_error(period=FIVE_MINUTES, statistic="Sum"),
+                api.metric_server_error(period=FIVE_MINUTES, statistic="Sum")]),
             cloudwatch.GraphWidget(title="Latency p99 (ms)", left=[
-                api.metric_latency(**api_stage, statistic="p99"),
-                api.metric_integration_latency(**api_stage, statistic="p99")]),
+                api.metric_latency(period=FIVE_MINUTES, statistic="p99"),
+                api.metric_integration_latency(period=FIVE_MINUTES, statistic="p99")]),
         )
         self.dashboard.add_widgets(
             cloudwatch.GraphWidget(title="Redemptions", left=[business_metric(REDEMPTIONS)]),
