@@ -258,3 +258,11 @@ def test_the_scheduled_run_reports_the_previous_utc_day_unless_a_date_is_given()
     assert reports.scheduled_day({"date": "2026-04-02"}, now) == date(2026, 4, 2)
     with pytest.raises(ValidationFailed):
         reports.scheduled_day({"detail": {"date": "yesterday"}}, now)
+
+
+def test_coupon_usage_is_built_from_the_counters_and_the_last_redemption() -> None:
+    capped = {"max_uses": 8, "redeemed_count": 2, "remaining_uses": 6}
+    assert reports.coupon_usage(capped, at(DAY, 9)) == {
+        "redeemed_count": 2, "remaining_uses": 6, "utilisation": 0.25, "last_redeemed_at": at(DAY, 9)}
+    unlimited = {"max_uses": None, "redeemed_count": 0, "remaining_uses": None}
+    assert reports.coupon_usage(unlimited, None)["utilisation"] is None

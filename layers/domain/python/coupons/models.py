@@ -288,6 +288,15 @@ def checked_spec(values: dict[str, Any]) -> CouponSpec:
         raise ValidationFailed(details=validation_details(error)) from None
 
 
+class CouponUsage(_Out):
+    """Usage statistics of one coupon (on `GET /coupons/{id}` only; each costs O(1) reads)."""
+
+    redeemed_count: int = Field(description="uses counted now (redemptions minus rollbacks)")
+    remaining_uses: int | None = Field(description="null when unlimited")
+    utilisation: float | None = Field(description="redeemed_count / max_uses, null when unlimited")
+    last_redeemed_at: datetime | None = Field(description="the latest redemption made, rolled back or not")
+
+
 class CouponView(_Out):
     """A coupon as admins see it (the only place the plaintext code appears)."""
 
@@ -315,6 +324,7 @@ class CouponView(_Out):
     remaining_uses: int | None
     created_at: datetime
     updated_at: datetime
+    usage: CouponUsage | None = None  # GET /coupons/{id} only (none on list pages: no extra reads there)
 
 
 class CouponPage(_Out):

@@ -260,6 +260,26 @@ def summary(source: ReportSource, first: date, last: date, *, workers: int = 8) 
     return total.summary(first, last)
 
 
+# --- usage statistics of one coupon -------------------------------------------------------------
+
+
+def coupon_usage(view: Mapping[str, Any], last_redeemed_at: str | None) -> dict[str, Any]:
+    """What `GET /coupons/{id}` adds: counters already on the coupon plus one indexed read.
+
+    Totals that need every redemption (discount given, rollbacks) are not computed per
+    GET (that would read O(redemptions) items); they are in `GET /reports/summary`'s
+    `by_coupon` and in `GET /coupons/{id}/redemptions`.
+    """
+    max_uses = view.get("max_uses")
+    redeemed = int(view.get("redeemed_count") or 0)
+    return {
+        "redeemed_count": redeemed,
+        "remaining_uses": view.get("remaining_uses"),
+        "utilisation": None if not max_uses else round(redeemed / int(max_uses), 4),
+        "last_redeemed_at": last_redeemed_at,
+    }
+
+
 # --- the daily report ---------------------------------------------------------------------------
 
 

@@ -85,6 +85,18 @@ class DynamoReportSource:
                 return
             request["ExclusiveStartKey"] = start
 
+    def last_redemption_at(self, coupon_id: str) -> str | None:
+        """When the latest redemption of this coupon was made (one item read through gsi1)."""
+        try:
+            page = self._db.query(
+                TableName=self._coupons, IndexName="gsi1", KeyConditionExpression="gsi1pk = :pk",
+                ExpressionAttributeValues={":pk": {"S": f"CREDEEM#{coupon_id}"}},
+                ProjectionExpression="redeemed_at", ScanIndexForward=False, Limit=1)
+        except ClientError as error:
+            raise translate(error) from error
+        items = [from_item(raw) for raw in page.get("Items", [])]
+        return str(items[0]["redeemed_at"]) if items and items[0] and items[0].get("redeemed_at") else None
+
     # --- the guards table -----------------------------------------------------------------------
 
     def _guards_partition(self, pk: str) -> Iterator[Item]:

@@ -8,8 +8,10 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 
+from ..adapters.report_store import default_source
 from ..http import metrics, require_admin
 from ..models import CouponCreate, CouponPage, CouponUpdate, CouponView
+from ..reports import coupon_usage
 from ..wiring import admin_service
 
 router = APIGatewayRouter()
@@ -47,7 +49,9 @@ def list_coupons(
             responses={404: {"description": "COUPON_NOT_FOUND"}, **_ERRORS})
 def get_coupon(coupon_id: CouponId) -> CouponView:
     require_admin(router)
-    return CouponView.model_validate(admin_service().get(coupon_id))
+    view = admin_service().get(coupon_id)
+    view["usage"] = coupon_usage(view, default_source().last_redemption_at(coupon_id))  # issue 6
+    return CouponView.model_validate(view)
 
 
 @router.put("/coupons/<coupon_id>", summary="Edit, pause or resume a coupon (partial)", tags=["admin"],
