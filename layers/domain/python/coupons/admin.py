@@ -6,6 +6,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from .adapters.checkout_store import counted
 from .adapters.coupon_store import SPEC_FIELDS, CouponStore, StaleWrite
 from .clock import utcnow
 from .codegen import generate_code, new_coupon_id
@@ -67,7 +68,7 @@ class AdminService:
 
     def view(self, record: dict[str, Any]) -> dict[str, Any]:
         code = self._cipher().decrypt(record["code_ct"], record["coupon_id"], int(record["key_version"]))
-        return coupon_view(record, code, self._clock())
+        return coupon_view(counted(self._store, record), code, self._clock())
 
     def _sealed(self, coupon_id: str, code: str) -> dict[str, Any]:
         normalised = normalise(code)
@@ -141,7 +142,7 @@ class AdminService:
                 self._store.replace(old, new)
             except StaleWrite:
                 continue  # someone redeemed or edited in between: re-read and re-apply
-            return coupon_view(new, code, now)
+            return coupon_view(counted(self._store, new), code, now)
         raise TryAgain(retry_after=1)
 
     def delete(self, coupon_id: str, actor: str) -> None:

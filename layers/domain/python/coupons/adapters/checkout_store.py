@@ -37,6 +37,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..clock import epoch, iso
+from ..errors import TryAgain
 from ..guards import Counts
 from .coupon_store import code_pk, coupon_record, id_pk
 from .dynamo import Item, error_code, from_item, is_transient, key, paged_query, to_item, to_value
@@ -557,3 +558,22 @@ def fraud_flag(*, kind: str, scope: str, subject: str, bucket: int, now: datetim
     }
     flag["user_id" if scope == "user" else "ip"] = subject
     return flag
+
+
+def counted(coupons: Any, record: dict[str, Any]) -> dict[str, Any]:
+    """A coupon record whose `redeemed_count` is right for a hot coupon too (the admin view reads it).
+
+    A sharded coupon counts its redemptions on its shards, not on the coupon item (which
+    would make that item the hot key again); its count is their sum, read here: one
+    BatchGetItem, only for sharded coupons. `coupons` is the CouponStore the record came from.
+    """
+    if not record.get("shards"):
+        return record
+    store = CheckoutStore(coupons._db, coupons._table, "")
+    try:
+        totals = store.shard_totals(record)
+    except StoreBusy:
+        raise TryAgain(retry_after=1) from None
+    if totals is None:
+        return record
+    return {**record, "redeemed_count": totals[0]}
