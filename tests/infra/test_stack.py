@@ -20,11 +20,11 @@ import pytest
 
 os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
 
-from aws_cdk import Stack  # noqa: E402
-from aws_cdk.assertions import Match, Template  # noqa: E402
-from coupons_infra import resources as r  # noqa: E402
-from coupons_infra.constructs.observability import CONFLICTS, LOCKOUTS, REDEMPTIONS  # noqa: E402
-from coupons_infra.stack import CouponsStack, build_app, load_cdk_json_context  # noqa: E402
+from aws_cdk import Stack
+from aws_cdk.assertions import Match, Template
+from coupons_infra import resources as r
+from coupons_infra.constructs.observability import CONFLICTS, LOCKOUTS, REDEMPTIONS
+from coupons_infra.stack import CouponsStack, build_app, load_cdk_json_context
 
 pytestmark = [pytest.mark.infra, pytest.mark.xdist_group("infra")]
 
@@ -236,6 +236,9 @@ def test_user_pool_with_admin_group_and_three_channel_clients(synth: Synth) -> N
         assert props.get("GenerateSecret", False) is False
         assert props["PreventUserExistenceErrors"] == "ENABLED"
         assert "AllowedOAuthFlows" not in props
+        assert "ALLOW_USER_SRP_AUTH" in props["ExplicitAuthFlows"]
+        assert "ALLOW_USER_PASSWORD_AUTH" not in props["ExplicitAuthFlows"]  # no plain-password flow
+    assert "ALLOW_ADMIN_USER_PASSWORD_AUTH" in clients["web"]["ExplicitAuthFlows"]  # operators, with IAM creds
     authorizer = next(iter(synth.of_type("AWS::ApiGateway::Authorizer").values()))["Properties"]
     assert authorizer["Type"] == "COGNITO_USER_POOLS"
     assert authorizer["IdentitySource"] == "method.request.header.Authorization"

@@ -136,7 +136,9 @@ class Api(Construct):
                 f"{channel.title()}Client",
                 user_pool_client_name=channel,
                 generate_secret=False,  # public clients: a browser, an app, a till
-                auth_flows=cognito.AuthFlow(user_srp=True),
+                # SRP for people; on the web client also ADMIN_USER_PASSWORD_AUTH, which only a caller
+                # with IAM credentials (an operator: README "Deploying") can use to get a token.
+                auth_flows=cognito.AuthFlow(user_srp=True, admin_user_password=channel == "web"),
                 disable_o_auth=True,
                 prevent_user_existence_errors=True,
                 enable_token_revocation=True,
