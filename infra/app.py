@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # coupons_infra without an install
 
-from coupons_infra.stack import build_app  # noqa: E402
+from coupons_infra.stack import build_app
 
 
 def main() -> int:
