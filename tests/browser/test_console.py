@@ -98,6 +98,9 @@ def test_pages_are_served_with_a_strict_content_security_policy(stack: LocalStac
         missing = stack.request("GET", path)
         assert missing.status == 404, path
         assert missing.error_code == "NOT_FOUND", path
+    # `coupons-local serve` (make run) prints both URLs
+    printed = "".join(stack.output)
+    assert f"{stack.url}/console " in printed and f"{stack.url}/console/checkout " in printed
     # The pages are not part of the API document
     paths = stack.request("GET", "/openapi.json").body["paths"]
     assert not [p for p in paths if p.startswith("/console")]
@@ -133,6 +136,9 @@ def test_admin_creates_a_coupon_a_shopper_redeems_it_and_the_admin_rolls_it_back
     sign_in(console, stack.admin_token)
     expect(console.locator("#who")).to_contain_text("admin@example.com")
     expect(console.locator("#coupon-table tbody tr").first).to_be_visible()
+    console.click("#coupon-table button:text-is('SHOES-20')")
+    expect(console.locator("#detail-code")).to_have_text("SHOES-20")
+    screenshot(console, "console-coupons")
 
     # When the admin creates a coupon with a bad value, the API's error shows next to the field
     console.click("#new-coupon")
@@ -246,6 +252,39 @@ def test_admin_creates_a_coupon_a_shopper_redeems_it_and_the_admin_rolls_it_back
 
     assert console_errors.errors == []
     assert checkout_errors.errors == []
+
+
+def test_the_coupon_list_filters_and_pages_through_next_cursor(stack: LocalStack, context: Any) -> None:
+    # Given six coupons in one campaign, one of them paused
+    campaign = f"pages-{unique().lower()}"
+    codes = [unique("PG") for _ in range(6)]
+    created = [stack.create_coupon(code=code, discount_value=5, campaign_id=campaign) for code in codes]
+    assert stack.admin("PUT", f"/coupons/{created[0]['id']}", {"status": "disabled"}).status == 200
+    page, errors = open_console(stack, context)
+    rows = page.locator("#coupon-table tbody tr")
+
+    # When the admin lists the campaign five at a time
+    page.fill("#filters input[name=campaign_id]", campaign)
+    page.select_option("#page-size", "5")
+    # Then the first page holds five, the next page (through next_cursor) the sixth, and back again
+    expect(rows).to_have_count(5)
+    expect(page.locator("#prev-page")).to_be_disabled()
+    page.click("#next-page")
+    expect(rows).to_have_count(1)
+    expect(page.locator("#next-page")).to_be_disabled()
+    expect(page.locator("#page-info")).to_contain_text("Page 2")
+    seen = {page.locator("#coupon-table tbody button.code").inner_text()}
+    page.click("#prev-page")
+    expect(rows).to_have_count(5)
+    seen |= set(page.locator("#coupon-table tbody button.code").all_inner_texts())
+    assert seen == set(codes)
+    # And filtering by status finds the paused one
+    page.select_option("#filters select[name=status]", "disabled")
+    page.click("#filters button[type=submit]")
+    expect(rows).to_have_count(1)
+    expect(rows).to_contain_text(codes[0])
+    expect(rows).to_contain_text("paused")
+    assert errors.errors == []
 
 
 def test_attacker_controlled_text_is_shown_literally_and_never_runs(stack: LocalStack, context: Any) -> None:

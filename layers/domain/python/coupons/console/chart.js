@@ -25,7 +25,7 @@ function niceMax(value) {
  */
 export function columnChart({ title, labels, series, format = String, height = 220 }) {
   const left = 64, right = 12, top = 28, bottom = 40;
-  const groupWidth = Math.max(14, Math.min(48, Math.floor(720 / Math.max(1, labels.length))));
+  const groupWidth = Math.max(14, Math.min(96, Math.floor(720 / Math.max(1, labels.length))));
   const width = left + right + groupWidth * labels.length;
   const plot = height - top - bottom;
   const max = niceMax(Math.max(0, ...series.flatMap((s) => s.values)));

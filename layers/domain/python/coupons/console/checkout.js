@@ -167,7 +167,7 @@ function main() {
   $("#channel").addEventListener("change", basketChanged);
   $("#coupon-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    validate($("#coupon-code").value.trim());
+    validate($("#coupon-code").value.trim().toUpperCase());
   });
   $("#pay").addEventListener("click", pay);
   $("#cancel-order").addEventListener("click", cancelOrder);

@@ -93,7 +93,8 @@ const orDash = (value) => (value === null || value === undefined || value === ""
 
 // --- coupon list --------------------------------------------------------------------------------------
 
-const listState = { loaded: false, filters: {}, cursors: [null], page: 0, next: null };
+const listState = { loaded: false, filters: {}, cursors: [null], page: 0, next: null, run: 0 };
+const MAX_EMPTY_HOPS = 20;
 
 function readFilters() {
   const form = $("#filters");
@@ -108,16 +109,27 @@ function readFilters() {
 
 async function loadList() {
   listState.loaded = true;
-  const cursor = listState.cursors[listState.page];
+  const run = ++listState.run;
+  let cursor = listState.cursors[listState.page];
   fill($("#list-status"), "Loading…");
   fill($("#list-error"), "");
-  const result = await call("GET", "/coupons", { query: { ...listState.filters, cursor } });
+  let result;
+  let items = [];
+  // A filtered page may come back empty with a cursor (the filter thinned it out): follow on.
+  for (let hop = 0; hop < MAX_EMPTY_HOPS; hop++) {
+    result = await call("GET", "/coupons", { query: { ...listState.filters, cursor } });
+    if (run !== listState.run) return;
+    if (!result.ok) break;
+    items = Array.isArray(result.body.items) ? result.body.items : [];
+    if (items.length || !result.body.next_cursor) break;
+    cursor = result.body.next_cursor;
+  }
   fill($("#list-status"), "");
   if (!result.ok) {
     fill($("#list-error"), sentenceFor(result));
     return;
   }
-  const items = Array.isArray(result.body.items) ? result.body.items : [];
+  listState.cursors[listState.page] = cursor;
   listState.next = result.body.next_cursor || null;
   renderList(items);
   $("#prev-page").disabled = listState.page === 0;
@@ -131,14 +143,25 @@ function renderList(items) {
     fill(body, el("tr", {}, el("td", { colspan: 6, class: "muted", text: "No coupons match these filters." })));
     return;
   }
-  fill(body, items.map((c) => el("tr", { "data-id": c.id, class: detailState.coupon && detailState.coupon.id === c.id ? "selected" : "" },
+  fill(body, items.map(listRow));
+}
+
+function listRow(c) {
+  return el("tr", { "data-id": c.id, class: detailState.coupon && detailState.coupon.id === c.id ? "selected" : "" },
     el("td", {}, el("button", { type: "button", class: "link code", onclick: () => openCoupon(c.id) }, c.code)),
     el("td", {}, badge(c.status)),
     el("td", { text: discountText(c) }),
     el("td", { text: orDash(c.campaign_id) }),
-    el("td", { text: usageText(c) }),
-    el("td", { text: formatTime(c.expires_at) }),
-  )));
+    el("td", { class: "nowrap", text: usageText(c) }),
+    el("td", { class: "nowrap", text: formatTime(c.expires_at).slice(0, 10), title: formatTime(c.expires_at) }),
+  );
+}
+
+/** Keep a listed coupon's row in step with what the details just showed. */
+function updateListRow(c) {
+  for (const row of $$("#coupon-table tbody tr")) {
+    if (row.dataset.id === c.id) row.replaceWith(listRow(c));
+  }
 }
 
 function wireList() {
@@ -164,6 +187,7 @@ function wireList() {
     loadList();
   });
   $("#new-coupon").addEventListener("click", () => openForm(null));
+  $("#page-size").addEventListener("change", () => $("#filters").requestSubmit());
 }
 
 // --- coupon details, usage and redemptions -----------------------------------------------------------
@@ -187,6 +211,7 @@ async function openCoupon(id) {
   }
   renderDetail(result.body);
   showPane("detail");
+  updateListRow(result.body);
   for (const row of $$("#coupon-table tbody tr")) row.classList.toggle("selected", row.dataset.id === id);
   await loadRedemptions(true);
   startLiveRefresh();
@@ -252,7 +277,7 @@ async function loadRedemptions(reset) {
   }
   const items = Array.isArray(result.body.items) ? result.body.items : [];
   for (const r of items) body.append(redemptionRow(r));
-  if (reset && !items.length) body.append(el("tr", {}, el("td", { colspan: 7, class: "muted", text: "No redemptions yet." })));
+  if (reset && !items.length) body.append(el("tr", {}, el("td", { colspan: 6, class: "muted", text: "No redemptions yet." })));
   detailState.redemptionsCursor = result.body.next_cursor || null;
   $("#more-redemptions").hidden = !detailState.redemptionsCursor;
 }
@@ -266,10 +291,11 @@ function redemptionRow(r) {
     el("td", { class: "code", text: r.order_id }),
     el("td", { text: orDash(r.channel) }),
     el("td", { text: formatMoney(r.discount_amount, r.currency) }),
-    el("td", { text: formatTime(r.redeemed_at) }),
-    el("td", {}, el("span", { class: `badge status-${r.status}`, text: r.status === "rolled_back" ? "rolled back" : r.status,
-      title: r.rolled_back_at ? `rolled back ${formatTime(r.rolled_back_at)}` : "" })),
-    el("td", {}, action));
+    el("td", { class: "when", text: formatTime(r.redeemed_at).replace(" UTC", ""), title: r.redeemed_at }),
+    el("td", { class: "when" },
+      el("span", { class: `badge status-${r.status}`, text: r.status === "rolled_back" ? "rolled back" : r.status,
+        title: r.rolled_back_at ? `rolled back ${formatTime(r.rolled_back_at)}` : "" }),
+      action ? " " : null, action));
 }
 
 async function rollback(redemption, button) {
@@ -292,9 +318,14 @@ async function refreshCoupon(withRedemptions) {
     stopLiveRefresh();
     return;
   }
-  const changed = result.body.updated_at !== coupon.updated_at || result.body.redeemed_count !== coupon.redeemed_count;
-  if (detailState.coupon && detailState.coupon.id === result.body.id) renderDetail(result.body);
-  if (withRedemptions || changed) await loadRedemptions(true);
+  const current = detailState.coupon;
+  if (!current || current.id !== result.body.id) return; // another coupon was opened meanwhile
+  const changed = result.body.updated_at !== current.updated_at || result.body.redeemed_count !== current.redeemed_count
+    || result.body.status !== current.status;
+  if (!changed && !withRedemptions) return;
+  renderDetail(result.body);
+  updateListRow(result.body);
+  await loadRedemptions(true);
 }
 
 // The details of an open coupon follow its counters while the page is visible.
@@ -324,7 +355,7 @@ function wireDetail() {
     }
     fill($("#detail-error"), "");
     renderDetail(result.body);
-    loadList();
+    updateListRow(result.body);
   });
   $("#delete-coupon").addEventListener("click", () => {
     $("#delete-coupon").hidden = true;
@@ -509,7 +540,10 @@ async function saveCoupon(event) {
 
 function wireForm() {
   $("#coupon-form").addEventListener("submit", saveCoupon);
-  $("#cancel-form").addEventListener("click", () => showPane(detailState.coupon ? "detail" : "empty"));
+  $("#cancel-form").addEventListener("click", () => {
+    showPane(detailState.coupon ? "detail" : "empty");
+    if (detailState.coupon) startLiveRefresh();
+  });
 }
 
 // --- code generation jobs -------------------------------------------------------------------------
