@@ -196,6 +196,8 @@ def test_admin_creates_a_coupon_a_shopper_redeems_it_and_the_admin_rolls_it_back
     console.click(f"#coupon-table button:text-is('{code}')")
     expect(console.locator("#usage-redeemed")).to_have_text("1")
     expect(console.locator("#usage-remaining")).to_have_text("4")
+    expect(console.locator("#usage-utilisation")).to_have_text("20%")
+    expect(console.locator("#usage-last")).to_contain_text("UTC")
     row = console.locator(f"#redemptions tr[data-redemption='{redemption_id}']")
     expect(row).to_contain_text(user)
     expect(row).to_contain_text(order_id)

@@ -217,7 +217,10 @@ async function openCoupon(id) {
   startLiveRefresh();
 }
 
-function renderDetail(c) {
+function renderDetail(coupon) {
+  let c = coupon;
+  // Usage statistics come with GET /coupons/{id} only; an edit's answer keeps the last ones seen.
+  if (!c.usage && detailState.coupon && detailState.coupon.id === c.id) c = { ...c, usage: detailState.coupon.usage };
   detailState.coupon = c;
   fill($("#detail-code"), c.code);
   fill($("#detail-status"), badge(c.status));
@@ -256,6 +259,10 @@ function renderUsage(c) {
   fill($("#usage-redeemed"), String(c.redeemed_count));
   fill($("#usage-remaining"), c.remaining_uses === null || c.remaining_uses === undefined ? "unlimited" : String(c.remaining_uses));
   fill($("#usage-limit"), c.max_uses ? String(c.max_uses) : "none");
+  const usage = c.usage && typeof c.usage === "object" ? c.usage : {};
+  const share = typeof usage.utilisation === "number" ? usage.utilisation : null;
+  fill($("#usage-utilisation"), share === null ? (c.max_uses ? "—" : "no cap") : `${Math.round(share * 1000) / 10}%`);
+  fill($("#usage-last"), usage.last_redeemed_at ? formatTime(usage.last_redeemed_at) : "never");
   const bar = $("#usage-bar");
   bar.max = c.max_uses || Math.max(1, c.redeemed_count);
   bar.value = c.max_uses ? c.redeemed_count : 0;
