@@ -210,7 +210,7 @@ def _job(change: Change) -> ContractEvent | None:
     else:
         return None
     detail = _pick(new, ("job_id", "kind", "status", "campaign_id", "total", "processed", "failed",
-                         "created", "rejected", "duplicates", "source_key", "result_key",
+                         "created", "rejected", "duplicates", "source_key", "result_key", "error",
                          "created_at", "finished_at", "updated_at"))
     detail["actor"] = new.get("created_by") or new.get("actor")
     result = new.get("result")
