@@ -24,7 +24,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -162,7 +162,7 @@ class CheckoutService:
         ip_users = (snapshot.ip_users_previous, snapshot.ip_users_current)
         fingerprint = order_fingerprint(who.user_id, request)
         attempt_id = uuid.uuid4().hex  # tells our own committed-but-unacknowledged write from a replay
-        tried: set[int] = set()
+        search = _ShardSearch()
         busy = 0
         logical = 0
         while logical < LOGICAL_ATTEMPTS:
@@ -172,7 +172,7 @@ class CheckoutService:
             rid = redemption_id(coupon["coupon_id"], request.order_id)
             try:
                 quote = self._quote(snapshot, request, who, now)
-                shard = self._pick_shard(coupon, tried, now)
+                shard = self._pick_shard(coupon, search, now)
             except RuleViolation as violation:
                 return self._replay_or(rid, fingerprint, attempt_id, violation)
             except (_Reread, StoreBusy) as reason:
@@ -193,13 +193,21 @@ class CheckoutService:
                 if cancelled.failed(0):  # this order was redeemed already: a replay, or a different order
                     return self._replay(cancelled.old(0), fingerprint, attempt_id)
                 if cancelled.failed(1) and shard is not None and not cancelled.failed(2):
-                    tried.add(shard)  # that shard is empty: try another before saying "exhausted"
+                    # That shard is empty. Read them all once (consistently), then try only those with room:
+                    # "exhausted" is said only when every shard has been seen empty.
+                    search.tried.add(shard)
+                    if search.left is None:
+                        try:
+                            search.left = {int(i["shard"]) for i in self._store.read_shards(
+                                coupon["coupon_id"], int(coupon["shards"]["n"])) if int(i["remaining"]) > 0}
+                        except StoreBusy:
+                            busy = self._backoff(busy)
                     continue
                 logical += 1
                 if cancelled.failed(1):
                     old = cancelled.old(1)
                     if shard is not None:
-                        tried.add(shard)
+                        search.tried.add(shard)
                     elif old is None or old.get("coupon_id") != coupon["coupon_id"]:
                         snapshot = self._reread(request.code, who)  # deleted or re-coded under us
                     else:
@@ -287,7 +295,7 @@ class CheckoutService:
         return bool(coupon.get("shards")) or (
             max_uses is not None and max_uses >= self._settings.hot_coupon_threshold)
 
-    def _pick_shard(self, coupon: dict[str, Any], tried: set[int], now: datetime) -> int | None:
+    def _pick_shard(self, coupon: dict[str, Any], search: _ShardSearch, now: datetime) -> int | None:
         """The shard this redemption decrements (None: the coupon's own counter does the job)."""
         if not self.is_hot(coupon):
             return None
@@ -295,10 +303,14 @@ class CheckoutService:
         if not shards:
             try:
                 self._store.init_shards(coupon, self._settings.hot_coupon_shards)
-            except Cancelled:
-                raise _Reread() from None  # another request split it first
-            coupon["shards"] = shards = {"n": self._settings.hot_coupon_shards,
-                                         "cap": cap_value(coupon.get("max_uses"))}
+                coupon["shards"] = shards = {"n": self._settings.hot_coupon_shards,
+                                             "cap": cap_value(coupon.get("max_uses"))}
+            except Cancelled as cancelled:  # another request split it first: go on with its split
+                old = cancelled.old(0)
+                if old is None or old.get("coupon_id") != coupon["coupon_id"] or not old.get("shards"):
+                    raise _Reread() from None
+                coupon.update(coupon_record(old))
+                shards = coupon["shards"]
         if int(shards["cap"]) != cap_value(coupon.get("max_uses")):
             items = self._store.read_shards(coupon["coupon_id"], int(shards["n"]))
             try:
@@ -306,7 +318,8 @@ class CheckoutService:
             except Cancelled:
                 raise _Reread() from None
             raise _Reread()
-        left = [n for n in range(int(shards["n"])) if n not in tried]
+        everywhere = set(range(int(shards["n"]))) if search.left is None else search.left
+        left = sorted(everywhere - search.tried)
         if not left:
             self._store.mark_exhausted(coupon, now)
             raise rule_violation("COUPON_EXHAUSTED")
@@ -454,6 +467,14 @@ class CheckoutService:
             raise CouponNotFound()
         items, next_cursor = self._store.list_by_coupon(coupon_id, limit=limit, cursor=cursor)
         return {"items": [redemption_view(i) for i in items], "next_cursor": next_cursor}
+
+
+@dataclass
+class _ShardSearch:
+    """One redemption's walk over a hot coupon's shards."""
+
+    tried: set[int] = field(default_factory=set)  # found empty by a failed condition
+    left: set[int] | None = None  # shards with room per a consistent read (after the first miss)
 
 
 class _Reread(Exception):

@@ -375,6 +375,7 @@ class CheckoutStore:
             "ExpressionAttributeValues": {":shards": to_value({"n": count, "cap": cap_value(cap)}),
                                           ":cid": to_value(coupon["coupon_id"]), ":seen": to_value(seen),
                                           ":cap": to_value(cap)},
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }}]
         for index, share in enumerate(shares):
             items.append({"Put": {
