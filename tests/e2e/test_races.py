@@ -20,7 +20,7 @@ import pytest
 from checkout_helpers import assert_conserved, customer, dynamodb, redeem, redemption_records
 from conftest import HttpResult, LocalStack, start_stack, unique
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("races")]
 
 SHARDS = 8
 WORKERS = 40

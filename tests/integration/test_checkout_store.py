@@ -482,3 +482,30 @@ def test_an_order_needs_no_more_than_its_fields(aws_env: Any) -> None:
     assert stored is not None
     assert stored["discount_amount"]["N"] == "700" and stored["order_subtotal"]["N"] == "10000"
     assert stored["gsi3pk"]["S"].startswith(f"DAY#{utcnow().date().isoformat()}#")
+
+
+def test_unknown_malformed_and_deleted_codes_cost_the_same_work(aws_env: Any) -> None:
+    # Given a deleted coupon
+    gone = create(code="SAME-WORK-GONE")
+    wiring.admin_service().delete(gone["id"], "admin-1")
+    checkout = service()
+    checkout.validate(validate_request(create(code="SAME-WORK-WARM")["code"]), caller("warm-up"))
+    shapes = []
+    for code in ("SAME-WORK-UNKNOWN", "!!malformed!!", "same-work-gone"):
+        seen: list[dict[str, Any]] = []
+
+        def capture(params: dict[str, Any], seen: list[dict[str, Any]] = seen, **_: Any) -> None:
+            seen.append(params)
+
+        events = aws.client("dynamodb").meta.events
+        events.register("provide-client-params.dynamodb.*", capture)
+        try:
+            with counting("dynamodb", "kms") as count_calls, pytest.raises(CouponNotFound) as raised:
+                checkout.validate(validate_request(code), caller(f"guess-{len(shapes)}"))
+        finally:
+            events.unregister("provide-client-params.dynamodb.*", capture)
+        # The same calls, the same number of keys per table in the read, the same answer
+        read = seen[0]["RequestItems"]
+        shapes.append((dict(count_calls.calls), {t: len(v["Keys"]) for t, v in read.items()},
+                       raised.value.body()))
+    assert shapes[0] == shapes[1] == shapes[2], shapes
