@@ -33,8 +33,11 @@ class PageErrors:
 
     def __init__(self, page: Any) -> None:
         self.errors: list[str] = []
+        self.network: list[str] = []  # failed requests and 5xx answers, for the failure message
         page.on("pageerror", lambda error: self.errors.append(f"pageerror: {error}"))
         page.on("console", self._console)
+        page.on("requestfailed", lambda r: self.network.append(f"failed: {r.method} {r.url} {r.failure}"))
+        page.on("response", lambda r: r.status >= 500 and self.network.append(f"{r.status}: {r.url}"))
 
     def _console(self, message: Any) -> None:
         # 4xx answers the page asked for on purpose show up as "Failed to load resource".
@@ -46,7 +49,10 @@ def open_page(context: Any, url: str) -> tuple[Any, PageErrors]:
     page = context.new_page()
     errors = PageErrors(page)
     page.goto(url)
-    page.wait_for_selector("body[data-ready=true]")
+    try:
+        page.wait_for_selector("body[data-ready=true]")
+    except Exception as error:
+        raise AssertionError(f"{url} did not start: {errors.errors} {errors.network}") from error
     return page, errors
 
 
