@@ -36,6 +36,22 @@ class _PerThread:
         setattr(_values, self.name, value)
 
 
+class _PerThreadContext:
+    """`ApiGatewayResolver.context` per thread and app. Powertools keeps the matched route, its
+    path arguments and the parsed request in one dict per app, which concurrent requests to the
+    same function would share: one request read another's route arguments (a stylesheet served
+    as a script) or found them cleared (KeyError: '_route' -> 500)."""
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:
+            return self
+        contexts: dict[int, dict[str, Any]] = _values.__dict__.setdefault("contexts", {})
+        return contexts.setdefault(id(obj), {})
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        _values.__dict__.setdefault("contexts", {})[id(obj)] = value
+
+
 class _PerThreadMeta(ABCMeta):
     # Class-level reads and writes (`BaseRouter.current_event = ...`) go through these.
     current_event = _PerThread("current_event")
@@ -46,6 +62,9 @@ def install() -> None:
     """Idempotent; call once before serving concurrent requests."""
     from aws_lambda_powertools.event_handler import api_gateway
 
+    resolver: Any = api_gateway.ApiGatewayResolver
+    if not isinstance(resolver.__dict__.get("context"), _PerThreadContext):
+        resolver.context = _PerThreadContext()
     base: Any = api_gateway.BaseRouter
     if type(base) is _PerThreadMeta:
         return

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import LocalStack, unique
+from conftest import ROOT, LocalStack, unique
 from console_browser import (
     IMG_PAYLOAD,
     ORDER_PAYLOAD,
@@ -134,6 +134,54 @@ def test_pages_are_served_with_a_strict_content_security_policy(stack: LocalStac
 
     assert page.evaluate("() => window.__inline") is None
     assert [e for e in errors.errors if "Content Security Policy" not in e] == []
+
+
+@pytest.mark.filterwarnings("ignore:No application metrics:UserWarning")
+def test_concurrent_requests_each_get_their_own_file() -> None:
+    """The local gateway serves one function's requests from many threads (a browser loads the
+    assets in parallel): each must get its own route arguments, not another request's."""
+    import importlib.util
+    import sys
+    import threading
+
+    from coupons_local import threadsafe
+
+    # Given the console function loaded the way the local stack loads it, thread switches forced often
+    threadsafe.install()
+    spec = importlib.util.spec_from_file_location("console_fn_race", ROOT / "functions" / "console" / "handler.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    context = type("Context", (), {"function_name": "console", "memory_limit_in_mb": 256, "aws_request_id": "r",
+                                   "invoked_function_arn": "arn:aws:lambda:us-east-1:1:function:console"})()
+    wrong: list[str] = []
+
+    def fetch(name: str, content_type: str) -> None:
+        event = {"resource": "/console/assets/{name}", "path": f"/console/assets/{name}", "httpMethod": "GET",
+                 "headers": {}, "multiValueHeaders": {}, "queryStringParameters": None,
+                 "pathParameters": {"name": name}, "body": None, "isBase64Encoded": False,
+                 "requestContext": {"resourcePath": "/console/assets/{name}", "httpMethod": "GET",
+                                    "requestId": "r", "identity": {"sourceIp": "127.0.0.1"}}}
+        for _ in range(250):
+            result = module.lambda_handler(event, context)
+            served = (result.get("multiValueHeaders") or {}).get("Content-Type", [""])[0]
+            if result["statusCode"] != 200 or not served.startswith(content_type):
+                wrong.append(f"{name}: {result['statusCode']} {served}")
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        # When scripts and stylesheets are asked for at the same time
+        threads = [threading.Thread(target=fetch, args=pair) for pair in
+                   [("app.js", "text/javascript"), ("console.css", "text/css")] * 2]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    # Then every answer is the file that was asked for
+    assert wrong == []
 
 
 def test_admin_creates_a_coupon_a_shopper_redeems_it_and_the_admin_rolls_it_back(
