@@ -1,4 +1,4 @@
-"""A correction to the emulator: TransactWriteItems that costs what it touches, not the whole table.
+"""Corrections to the emulator: TransactWriteItems and Query that cost what they touch, not the whole table.
 
 moto (5.2.5) backs up every table a transaction names with `copy.deepcopy` before
 applying it, so that a cancelled transaction can be undone. That makes every
@@ -13,6 +13,9 @@ items back and drops the stream records it had appended. Everything else (condit
 evaluation, cancellation reasons with ALL_OLD, the checks for duplicate keys and
 the 100-item limit) is moto's code, unchanged. It is applied only to the version
 it was written against; any other version keeps moto's behaviour, with a warning.
+
+Likewise a Query on a table's own partition key reads that partition instead of sorting
+every item of the table (see `_partition_query`).
 
 Derived from moto (Apache License 2.0), moto/dynamodb/models/__init__.py.
 """
@@ -41,10 +44,43 @@ def apply() -> bool:
             f"coupons-local: moto {moto.__version__} is not {PINNED_MOTO_VERSION}; TransactWriteItems keeps "
             "moto's whole-table copy (slow on big tables)", RuntimeWarning, stacklevel=2)
         return False
+    from moto.dynamodb.models.table import Table
+
     original = DynamoDBBackend.transact_write_items
     DynamoDBBackend.transact_write_items = _transact_write_items  # type: ignore[method-assign]
+    _partition_query.original = Table.query  # type: ignore[attr-defined]
+    Table.query = _partition_query  # type: ignore[method-assign]
     _applied = True
     return True
+
+
+def _partition_query(self: Any, *args: Any, **kwargs: Any) -> Any:
+    """Table.query on the table's own key reads that partition, not a sorted copy of every item.
+
+    moto answers a Query by sorting all the table's items and filtering them, so even
+    `pk = KEYRING` costs O(n log n) in the table size (seconds at 100,000 items, enough
+    for a cold start's keyring read to time out). For a query on the table's own hash
+    key, moto's method is run with `all_items` narrowed to that partition, which is all
+    it would have kept. Index queries are left as they are. (The emulator serialises
+    every call, so the temporary per-instance override is never seen by another call.)
+    """
+    original = _partition_query.original  # type: ignore[attr-defined]
+    index_name = kwargs["index_name"] if "index_name" in kwargs else (args[7] if len(args) > 7 else None)
+    hash_key = kwargs["hash_key"] if "hash_key" in kwargs else (args[0] if args else None)
+    if index_name or hash_key is None or "all_items" in vars(self):
+        return original(self, *args, **kwargs)
+    partition = self.items.get(hash_key)
+    if partition is None:
+        narrowed: list[Any] = []
+    elif self.range_key_attr is not None:
+        narrowed = list(partition.values())
+    else:
+        narrowed = [partition]
+    self.all_items = lambda: narrowed
+    try:
+        return original(self, *args, **kwargs)
+    finally:
+        del self.all_items
 
 
 def _key_of(table: Any, key: dict[str, Any]) -> tuple[Any, Any]:

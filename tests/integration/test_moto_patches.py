@@ -146,3 +146,48 @@ def test_a_transaction_costs_the_same_on_a_big_table(dynamodb: Any) -> None:
     # Then the patch is far cheaper (it copies one item, not 1,000), and both applied their writes
     assert patched * 5 < unpatched, (patched, unpatched)
     assert _get(dynamodb, "hot")["n"] == {"N": "6"}  # type: ignore[index]
+
+
+def test_a_query_on_the_tables_key_answers_as_moto_does_from_its_partition_only(dynamodb: Any) -> None:
+    from moto.dynamodb.models.table import Table
+
+    # Given several partitions and a bigger table around them
+    for pk in ("a", "b"):
+        for i in range(7):
+            dynamodb.put_item(TableName=TABLE, Item={"pk": {"S": pk}, "sk": {"S": f"s{i:02d}"}, "n": {"N": str(i)}})
+    from moto.dynamodb.models import dynamodb_backends
+
+    backend = dynamodb_backends["123456789012"]["us-east-1"]
+    for i in range(1000):
+        backend.put_item(TABLE, {"pk": {"S": f"filler-{i}"}, "sk": {"S": "x"}})
+    requests = [
+        {"KeyConditionExpression": "pk = :p", "ExpressionAttributeValues": {":p": {"S": "a"}}},
+        {"KeyConditionExpression": "pk = :p AND sk BETWEEN :x AND :y",
+         "ExpressionAttributeValues": {":p": {"S": "b"}, ":x": {"S": "s02"}, ":y": {"S": "s05"}},
+         "ScanIndexForward": False},
+        {"KeyConditionExpression": "pk = :p", "FilterExpression": "n > :two", "Limit": 3,
+         "ExpressionAttributeValues": {":p": {"S": "a"}, ":two": {"N": "2"}}},
+        {"KeyConditionExpression": "pk = :p", "ExpressionAttributeValues": {":p": {"S": "nobody"}}},
+    ]
+
+    def pages(request: dict[str, Any]) -> list[Any]:
+        found, start = [], None
+        while True:
+            page = dynamodb.query(TableName=TABLE, **request, **({"ExclusiveStartKey": start} if start else {}))
+            found.append((page["Items"], page.get("LastEvaluatedKey")))
+            start = page.get("LastEvaluatedKey")
+            if not start:
+                return found
+
+    # When the same queries run through the patch and through moto's own method
+    patched = [pages(r) for r in requests]
+    assert Table.query is moto_patches._partition_query
+    Table.query = moto_patches._partition_query.original  # type: ignore[attr-defined, method-assign]
+    try:
+        unpatched = [pages(r) for r in requests]
+    finally:
+        Table.query = moto_patches._partition_query  # type: ignore[method-assign]
+    # Then the answers are identical, page for page
+    assert patched == unpatched
+    assert [sum(len(items) for items, _ in p) for p in patched] == [7, 4, 4, 0]  # Limit applies before the filter
+    assert len(patched[2]) > 1
