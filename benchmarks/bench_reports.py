@@ -230,10 +230,10 @@ def run() -> dict[str, object]:
         "day-index Query pages read (16 partitions, 1 MB pages)": pages,
         "building the in-memory wire index (s, not part of the report)": round(built, 1),
         "daily report: CSV + summary.json + chart, wall (s)": round(report_seconds, 2),
-        "  CPU time of it (s)": round(report_cpu, 2),
+        "  CPU time of the report (s)": round(report_cpu, 2),
         "  peak Python heap of the report (MB)": round(report_peak / 1e6, 1),
         "GET /reports/summary for that day, wall (s)": round(summary_seconds, 2),
-        "  CPU time of it (s)": round(summary_cpu, 2),
+        "  CPU time of the summary (s)": round(summary_cpu, 2),
         "  peak Python heap of the summary (MB)": round(summary_peak / 1e6, 1),
     }
     figures.update(_through_moto())
