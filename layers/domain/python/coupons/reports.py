@@ -372,7 +372,7 @@ def chart_html(body: Mapping[str, Any], hourly: list[list[int]]) -> str:
 body{{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#1a202c}}
 .cards{{display:flex;gap:16px;flex-wrap:wrap}}.card{{border:1px solid #cbd5e0;border-radius:6px;padding:10px 16px}}
 .card b{{font-size:22px;display:block}}table{{border-collapse:collapse;margin-top:8px}}
-td,th{{border-bottom:1px solid #e2e8f0;padding:4px 10px;text-align:left}}ul{{margin:4px 0;padding-left:18px}}
+td,th{{border-bottom:1px solid #e2e8f0;padding:4px 10px;text-align:left}}ul{{margin:4px 0;padding:0;list-style:none}}
 .key span{{display:inline-block;width:10px;height:10px;margin:0 4px 0 12px}}
 </style></head><body>
 <h1>Coupon redemptions, {day} (UTC)</h1>
