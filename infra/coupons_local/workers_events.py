@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     from .stack import LocalStack
 
 log = logging.getLogger("coupons_local.events")
-POLL_SECONDS = 0.1
+POLL_SECONDS = 0.1  # right after activity; an idle poller slows down to IDLE_POLL_SECONDS
+IDLE_POLL_SECONDS = 0.5
 DISCOVER_SECONDS = 2.0  # how often a poller looks for new (child) shards
 BATCH_SIZE = 100
 DLQ_NAME = "coupons-publisher-dlq"
@@ -83,6 +84,7 @@ class StreamPoller:
         self.discovered_at = 0.0
 
     def run(self) -> None:
+        pause = POLL_SECONDS
         while not self.stack.stopping.is_set():
             try:
                 busy = self.poll_once()
@@ -91,8 +93,11 @@ class StreamPoller:
                     return
                 log.exception("stream poller error (%s)", self.stream_arn)
                 busy = False
-            if not busy:
-                self.stack.stopping.wait(POLL_SECONDS)
+            if busy:
+                pause = POLL_SECONDS
+            else:
+                self.stack.stopping.wait(pause)
+                pause = min(IDLE_POLL_SECONDS, pause * 1.5)  # fewer calls into the emulator's lock
 
     def _discover(self) -> None:
         if time.monotonic() - self.discovered_at < DISCOVER_SECONDS and \

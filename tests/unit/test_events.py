@@ -326,3 +326,31 @@ def test_a_stream_record_in_lambda_shape_becomes_a_change() -> None:
                                                                    {"pk": "FRAUD#2026-05-01", "n": 3}, None)
     assert got.at == datetime.fromtimestamp(1777600000, UTC)
     assert table_of("arn:aws:dynamodb:r:a:table/other/stream/x", tables) is None
+
+
+# --- the local stack's schedules and stream records -----------------------------------------------
+
+
+def test_the_local_schedules_fire_on_the_same_cron_as_eventbridge() -> None:
+    from coupons_infra import resources as r
+    from coupons_local.workers_events import next_fire, schedule_overrides
+
+    at = datetime(2026, 5, 1, 10, 59, 30, tzinfo=UTC)
+    assert next_fire(r.EXPIRY_SWEEP_SCHEDULE.cron, at) == datetime(2026, 5, 1, 11, 0, tzinfo=UTC)
+    assert next_fire(r.EXPIRY_SWEEP_SCHEDULE.cron, datetime(2026, 5, 1, 11, 0, tzinfo=UTC)) == \
+        datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    assert next_fire(r.DAILY_REPORT_SCHEDULE.cron, at) == datetime(2026, 5, 2, 1, 0, tzinfo=UTC)
+    assert next_fire("*/15 9-10 * * ? *", at) == datetime(2026, 5, 2, 9, 0, tzinfo=UTC)
+    assert schedule_overrides("30") == {"*": 30.0}
+    assert schedule_overrides("expiry-sweep=2, daily-report=60") == {"expiry-sweep": 2.0, "daily-report": 60.0}
+
+
+def test_a_moto_stream_record_is_handed_on_in_lambda_s_shape() -> None:
+    from coupons_local.workers_events import lambda_record
+
+    raw = {"eventID": "e", "eventName": "MODIFY", "eventVersion": "1.0", "awsRegion": "us-east-1",
+           "dynamodb": {"SequenceNumber": "7", "ApproximateCreationDateTime": datetime(2026, 5, 1, tzinfo=UTC),
+                        "Keys": {"pk": {"S": "x"}}}}
+    shaped = lambda_record(raw, "arn:aws:dynamodb:us-east-1:1:table/coupons/stream/x")
+    assert shaped["eventSource"] == "aws:dynamodb" and shaped["eventSourceARN"].endswith("/stream/x")
+    assert shaped["dynamodb"]["ApproximateCreationDateTime"] == int(datetime(2026, 5, 1, tzinfo=UTC).timestamp())
