@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from coupons_infra import resources as r
 
-from . import moto_fastpath
+from . import moto_speedups
 from .emulator import REGION
 
 if TYPE_CHECKING:
@@ -129,7 +129,7 @@ class QueuePoller:
 
 def start(stack: LocalStack) -> None:
     assert stack.provisioned
-    moto_fastpath.install()  # bulk writes are 100-item transactions: see moto_fastpath
+    moto_speedups.apply()  # a bulk job publishes thousands of events: see moto_speedups
     configure_notifications(stack)
     for function in r.FUNCTIONS:
         if not function.queue:

@@ -25,6 +25,11 @@ Flow (each step is one SQS message to the import function):
 
 Rows are numbered from 1 (the first record after the header); blank lines are
 skipped and not numbered; row 0 stands for the file itself (header, encoding).
+
+A code repeated in the file is created once; the other rows with it are
+`duplicate`, naming the row that holds it. Within one range (every file below
+`IMPORT_RANGE_BYTES`) that is the first row in file order; across ranges running
+in parallel it is the row whose range wrote it first.
 """
 
 from __future__ import annotations
@@ -536,7 +541,7 @@ class ImportService:
     def _fail_file(self, job: dict[str, Any], problems: list[tuple[int, str]]) -> None:
         body = RESULT_HEADER + result_lines((row, "rejected", "", message) for row, message in problems)
         self._objects.put(job["result_bucket"], job["result_key"], body, metadata={"job-id": job["job_id"]})
-        error = problems[0][1]
+        error = "; ".join(message for _, message in problems)[:2000]
         summary = {"job_id": job["job_id"], "status": "failed", "error": error, "source_key": job["source_key"],
                    "result_key": job["result_key"], "created": 0, "rejected": 0, "duplicates": 0}
         self._write_marker(job, summary)
@@ -621,7 +626,8 @@ class ImportService:
             if request.code:
                 normalised = normalise(request.code) or request.code
                 if normalised in first_seen:
-                    results[row] = ("duplicate", "", f"code: the same code is on row {first_seen[normalised]}")
+                    results[row] = ("duplicate", "",
+                                    f"code: the same code is on row {first_seen[normalised]} of this file")
                     continue
                 first_seen[normalised] = row
             coupon_id = derived_coupon_id(
@@ -643,7 +649,10 @@ class ImportService:
                     results[row] = ("duplicate", coupon_id,
                                     "this row was imported from an identical upload before")
                 elif outcome.outcome == CODE_TAKEN and request.code:
-                    results[row] = ("duplicate", "", "code: a coupon with this code exists already")
+                    owner = outcome.pointer or {}
+                    results[row] = ("duplicate", "", (
+                        f"code: the same code is on row {owner.get('job_ref')} of this file"
+                        if owner.get("job_id") == job["job_id"] else "code: a coupon with this code exists already"))
                 elif outcome.outcome == CODE_TAKEN:  # a generated code collided: draw another
                     spec_record = dict(item.record)
                     spec_record.update(self._admin._sealed(coupon_id, self._code()))

@@ -48,6 +48,10 @@ ID_TAKEN = "id_taken"  # the derived id was created by another job (same input u
 INVALID = "invalid"  # DynamoDB refused the item itself (e.g. too large)
 
 
+CHECK_FAILED = "ConditionalCheckFailed"
+Reason = tuple[str | None, dict[str, Any] | None]  # a cancellation reason code, and the item in the way
+
+
 @dataclass
 class PendingCoupon:
     ref: int  # the caller's reference: a row number or a position in a batch
@@ -57,14 +61,15 @@ class PendingCoupon:
 @dataclass
 class WriteResult:
     outcome: str
-    pointer: dict[str, Any] | None = None  # for REPLAYED / ID_TAKEN: the stored pointer
+    pointer: dict[str, Any] | None = None  # REPLAYED / ID_TAKEN: the stored pointer; CODE_TAKEN: its owner's
     message: str = ""
 
 
-def pointer_item(record: Mapping[str, Any], job_id: str) -> dict[str, Any]:
-    """The id pointer CouponStore.create writes, plus the job that wrote it."""
+def pointer_item(record: Mapping[str, Any], job_id: str, ref: int) -> dict[str, Any]:
+    """The id pointer CouponStore.create writes, plus the job (and its row or position) that wrote it."""
     return {"pk": id_pk(record["coupon_id"]), "sk": "COUPON", "entity": "pointer",
-            "coupon_id": record["coupon_id"], "code_hash": record["code_hash"], "job_id": job_id}
+            "coupon_id": record["coupon_id"], "code_hash": record["code_hash"], "job_id": job_id,
+            "job_ref": ref}
 
 
 class CouponBatchWriter:
@@ -82,11 +87,14 @@ class CouponBatchWriter:
         return results
 
     def _items(self, row: PendingCoupon, job_id: str) -> list[dict[str, Any]]:
+        # ALL_OLD: a cancelled transaction hands back the items in the way (no read to classify a row).
         return [
             {"Put": {"TableName": self._table, "Item": to_item(coupon_item(row.record)),
-                     "ConditionExpression": "attribute_not_exists(pk)"}},
-            {"Put": {"TableName": self._table, "Item": to_item(pointer_item(row.record, job_id)),
-                     "ConditionExpression": "attribute_not_exists(pk)"}},
+                     "ConditionExpression": "attribute_not_exists(pk)",
+                     "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}},
+            {"Put": {"TableName": self._table, "Item": to_item(pointer_item(row.record, job_id, row.ref)),
+                     "ConditionExpression": "attribute_not_exists(pk)",
+                     "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}},
         ]
 
     def _write_batch(self, batch: list[PendingCoupon], job_id: str, results: dict[int, WriteResult]) -> None:
@@ -124,7 +132,10 @@ class CouponBatchWriter:
                 raise
             if reasons is None:
                 return WriteResult(CREATED)
-            padded = [*reasons, None, None]
+            if not any(code for code, _ in reasons):  # cancelled without reasons: look at what is stored
+                reasons = [(CHECK_FAILED, item) if item else (None, None) for item in (
+                    self.get_coupon_item(row.record["code_hash"]), self.get_pointer(row.record["coupon_id"]))]
+            padded = [*reasons, (None, None), (None, None)]
             verdict = self._classify(row, padded[0], padded[1], job_id)
             if verdict is not None:
                 return verdict
@@ -133,21 +144,24 @@ class CouponBatchWriter:
 
         raise TryAgain(retry_after=1)
 
-    def _classify(self, row: PendingCoupon, coupon_reason: str | None, pointer_reason: str | None,
+    def _classify(self, row: PendingCoupon, coupon_reason: Reason, pointer_reason: Reason,
                   job_id: str) -> WriteResult | None:
-        if pointer_reason == "ConditionalCheckFailed":
-            pointer = self.get_pointer(row.record["coupon_id"])
+        if pointer_reason[0] == CHECK_FAILED:
+            pointer = pointer_reason[1] or self.get_pointer(row.record["coupon_id"])
             if pointer is not None and pointer.get("job_id") == job_id:
                 return WriteResult(REPLAYED, pointer=pointer)
             return WriteResult(ID_TAKEN, pointer=pointer)
-        if coupon_reason == "ConditionalCheckFailed":
-            return WriteResult(CODE_TAKEN)
-        if "ValidationError" in (coupon_reason, pointer_reason):
+        if coupon_reason[0] == CHECK_FAILED:
+            holder = coupon_reason[1] or self.get_coupon_item(row.record["code_hash"])
+            owner = None if holder is None else self.get_pointer(str(holder["coupon_id"]))
+            return WriteResult(CODE_TAKEN, pointer=owner)
+        if "ValidationError" in (coupon_reason[0], pointer_reason[0]):
             return WriteResult(INVALID, message="the coupon could not be stored (too large?)")
         return None
 
-    def _transact(self, items: list[dict[str, Any]]) -> list[str | None] | None:
-        """None when committed, else the per-item cancellation reason codes ([] when not given)."""
+    def _transact(self, items: list[dict[str, Any]]) -> list[Reason] | None:
+        """None when committed, else each item's cancellation reason and the item in the way
+        ([] when DynamoDB gave no reasons)."""
         self.transactions += 1
         try:
             self._db.transact_write_items(TransactItems=items)
@@ -155,7 +169,8 @@ class CouponBatchWriter:
             code = error_code(error)
             if code == "TransactionCanceledException":
                 raw = error.response.get("CancellationReasons") or []
-                return [None if r.get("Code") in (None, "None") else str(r.get("Code")) for r in raw]
+                return [(None if r.get("Code") in (None, "None") else str(r.get("Code")), from_item(r.get("Item")))
+                        for r in raw]
             if code == "ValidationException" and len(items) > 2:
                 return []  # e.g. one item too large: the row-by-row pass finds it
             if is_transient(error):
