@@ -62,7 +62,7 @@ def test_retry_after_is_exact(current: int, previous: int, limit: int, window: i
     # Then after the wait the caller is free, and a second earlier it was not
     assert wait >= 1
     assert estimate_at(now + wait) < limit
-    assert estimate_at(now + wait - 1) >= limit or wait == 1
+    assert estimate_at(now + wait - 1) >= limit - 1e-9 or wait == 1  # (float rounding at the edge)
 
 
 @given(st.integers(1, 40), st.integers(0, 60), st.floats(0, 0.999, allow_nan=False))

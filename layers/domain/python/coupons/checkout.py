@@ -63,6 +63,7 @@ BUSY_ATTEMPTS = 4  # throttling / TransactionConflict / timeouts before answerin
 BACKOFF_BASE_SECONDS = 0.02
 RETRY_AFTER_SECONDS = 1
 EXHAUSTED_HINT_SECONDS = 30  # how long "every shard was empty" is believed without trying again
+SHARD_VIEW_SECONDS = 1.0  # how long a container steers by its last read of a hot coupon's shards
 
 
 class Caller(Protocol):
@@ -145,6 +146,8 @@ class CheckoutService:
         self._signals = signals or _NoSignals()
         self.policy = Policy(settings.failed_attempts_per_user, settings.failed_attempts_per_ip,
                              settings.failed_attempt_window_seconds)
+        # coupon id -> (when read, cap, shard -> remaining): this container's last read of a hot coupon's shards
+        self._shard_views: dict[str, tuple[float, int, dict[int, int]]] = {}
 
     # --- validate --------------------------------------------------------------------------
 
@@ -193,13 +196,13 @@ class CheckoutService:
                 if cancelled.failed(0):  # this order was redeemed already: a replay, or a different order
                     return self._replay(cancelled.old(0), fingerprint, attempt_id)
                 if cancelled.failed(1) and shard is not None and not cancelled.failed(2):
-                    # That shard is empty. Read them all once (consistently), then try only those with room:
+                    # That shard is empty. Read them all (consistently) once, then try only those with room:
                     # "exhausted" is said only when every shard has been seen empty.
                     search.tried.add(shard)
-                    if search.left is None:
+                    if not search.fresh:
                         try:
-                            search.left = {int(i["shard"]) for i in self._store.read_shards(
-                                coupon["coupon_id"], int(coupon["shards"]["n"])) if int(i["remaining"]) > 0}
+                            search.room = self._shard_room(coupon, now, fresh=True)
+                            search.fresh = True
                         except StoreBusy:
                             busy = self._backoff(busy)
                     continue
@@ -318,12 +321,35 @@ class CheckoutService:
             except Cancelled:
                 raise _Reread() from None
             raise _Reread()
-        everywhere = set(range(int(shards["n"]))) if search.left is None else search.left
-        left = sorted(everywhere - search.tried)
+        if coupon.get("max_uses") is None:  # split, then made unlimited: shards only count
+            return self._rng.randrange(int(shards["n"]))
+        if search.room is None:
+            try:  # steer by this container's recent read of the shards (read again once a second)
+                search.room = self._shard_room(coupon, now, fresh=False)
+            except StoreBusy:
+                search.room = {n: 1 for n in range(int(shards["n"]))}  # blind: any shard
+        left = [n for n, room in sorted(search.room.items()) if room > 0 and n not in search.tried]
+        if not left and not search.fresh:  # the view may be old: only a consistent read of now decides
+            search.room, search.fresh = self._shard_room(coupon, now, fresh=True), True
+            left = [n for n, room in sorted(search.room.items()) if room > 0 and n not in search.tried]
         if not left:
             self._store.mark_exhausted(coupon, now)
             raise rule_violation("COUPON_EXHAUSTED")
-        return self._rng.choice(left)
+        # The fuller the likelier: every shard keeps its share of what is left, so they all drain
+        # together and none takes much more than 1/n of the traffic, even in the last second.
+        return self._rng.choices(left, weights=[search.room[n] for n in left])[0]
+
+    def _shard_room(self, coupon: dict[str, Any], now: datetime, *, fresh: bool) -> dict[int, int]:
+        """shard -> remaining, from this container's view when recent enough, else a consistent read."""
+        cap = cap_value(coupon.get("max_uses"))
+        at = now.timestamp()
+        view = self._shard_views.get(coupon["coupon_id"])
+        if not fresh and view is not None and view[1] == cap and 0 <= at - view[0] < SHARD_VIEW_SECONDS:
+            return view[2]
+        items = self._store.read_shards(coupon["coupon_id"], int(coupon["shards"]["n"]))
+        room = {int(i["shard"]): int(i["remaining"]) for i in items}
+        self._shard_views[coupon["coupon_id"]] = (at, cap, room)
+        return room
 
     def _usage(self, snapshot: Snapshot, now: datetime) -> Usage:
         coupon = snapshot.coupon
@@ -474,7 +500,8 @@ class _ShardSearch:
     """One redemption's walk over a hot coupon's shards."""
 
     tried: set[int] = field(default_factory=set)  # found empty by a failed condition
-    left: set[int] | None = None  # shards with room per a consistent read (after the first miss)
+    room: dict[int, int] | None = None  # shard -> remaining, as last read
+    fresh: bool = False  # `room` comes from a consistent read made by this request
 
 
 class _Reread(Exception):

@@ -249,11 +249,14 @@ class CheckoutStore:
                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }})
         else:
+            capped = coupon.get("max_uses") is not None  # a split coupon made unlimited only counts
             items.append({"Update": {
                 "TableName": self._coupons,
                 "Key": shard_key(cid, shard),
-                "UpdateExpression": "SET remaining = remaining - :one, redeemed = redeemed + :one",
-                "ConditionExpression": "coupon_id = :cid AND remaining >= :one",
+                "UpdateExpression": "SET remaining = remaining - :one, redeemed = redeemed + :one" if capped
+                                    else "SET redeemed = redeemed + :one",
+                "ConditionExpression": "coupon_id = :cid AND remaining >= :one" if capped
+                                       else "coupon_id = :cid",
                 "ExpressionAttributeValues": {":one": to_value(1), ":cid": to_value(cid)},
                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }})
