@@ -47,12 +47,20 @@ def generation_service() -> GenerationService:
 
 
 @lru_cache(maxsize=1)
+def presigner() -> BulkObjects:
+    """S3 with Signature V4 for presigned URLs: objects under SSE-KMS refuse the older signature."""
+    from botocore.config import Config
+
+    return BulkObjects(aws._session().client("s3", config=Config(signature_version="s3v4")))
+
+
+@lru_cache(maxsize=1)
 def job_service() -> JobService:
-    return JobService(job_table(), presign=lambda bucket, key: bulk_objects().presign_get(bucket, key))
+    return JobService(job_table(), presign=lambda bucket, key: presigner().presign_get(bucket, key))
 
 
 def reset() -> None:
     for cached in (job_table, bulk_objects, batch_writer, queue_sender, import_service, generation_service,
-                   job_service):
+                   presigner, job_service):
         cached.cache_clear()
     wiring.reset()
