@@ -91,10 +91,16 @@ class FunctionHost:
                 self._handlers[function.name] = module.lambda_handler
             return self._handlers[function.name]
 
+    after_invoke: Callable[[], None] | None = None  # the stack wakes its pollers after each run
+
     def invoke(self, function: r.Function, event: dict[str, Any]) -> Any:
         context = FakeContext(function.name, function.memory_mb, function.timeout_seconds,
                               str(uuid.uuid4()), time.monotonic())
-        return self.handler(function)(event, context)
+        try:
+            return self.handler(function)(event, context)
+        finally:
+            if self.after_invoke is not None:
+                self.after_invoke()
 
 
 def _rule_path(path: str) -> str:

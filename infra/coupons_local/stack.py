@@ -41,6 +41,11 @@ class LocalStack:
         self.functions = FunctionHost()
         self.jobs: dict[str, Job] = {}
         self.stopping = threading.Event()
+        # Background pollers nap until something happens (a function ran) or their idle timeout:
+        # an idle stack then costs almost no CPU, a busy one is polled right away.
+        self._activity = threading.Condition()
+        self._generation = 0
+        self.functions.after_invoke = self.kick
         self.control_secret = secrets.token_hex(16)
         self._server: BaseWSGIServer | None = None
 
@@ -85,8 +90,21 @@ class LocalStack:
         os.chmod(tmp, 0o600)
         tmp.replace(path)
 
+    def kick(self) -> None:
+        with self._activity:
+            self._generation += 1
+            self._activity.notify_all()
+
+    def nap(self, seconds: float) -> bool:
+        """Wait until a function runs, the stack stops, or `seconds` pass; True once stopping."""
+        with self._activity:
+            seen = self._generation
+            self._activity.wait_for(lambda: self._generation != seen or self.stopping.is_set(), seconds)
+        return self.stopping.is_set()
+
     def stop(self) -> None:
         self.stopping.set()
+        self.kick()
         if self._server:
             self._server.shutdown()
         state_file(self.port).unlink(missing_ok=True)

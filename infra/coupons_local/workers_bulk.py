@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("coupons_local.bulk")
 POLLERS = 2  # concurrent "Lambda instances" per queue: ranges and batches run in parallel
 IDLE_MIN_SECONDS = 0.05
-IDLE_MAX_SECONDS = 0.5
+IDLE_MAX_SECONDS = 2.0  # a function run wakes the poller sooner (LocalStack.nap); S3 uploads wait this long at most
 
 
 def queue_arn(sqs: Any, url: str) -> str:
@@ -103,7 +103,8 @@ class QueuePoller:
             if busy:
                 idle = IDLE_MIN_SECONDS
             else:
-                self.stack.stopping.wait(idle)
+                self.stack.stopping.wait(IDLE_MIN_SECONDS)
+                self.stack.nap(idle)
                 idle = min(idle * 2, IDLE_MAX_SECONDS)
 
     def poll_once(self) -> bool:

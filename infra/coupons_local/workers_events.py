@@ -41,8 +41,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("coupons_local.events")
 POLL_SECONDS = 0.1  # right after activity; an idle poller slows down to IDLE_POLL_SECONDS
-IDLE_POLL_SECONDS = 0.5
-DISCOVER_SECONDS = 2.0  # how often a poller looks for new (child) shards
+IDLE_POLL_SECONDS = 5.0  # a function run wakes the poller sooner (LocalStack.nap)
+DISCOVER_SECONDS = 10.0  # how often a poller looks for new (child) shards
 BATCH_SIZE = 100
 DLQ_NAME = "coupons-publisher-dlq"
 SCHEDULE_EVERY_ENV = "COUPONS_LOCAL_SCHEDULE_EVERY_SECONDS"
@@ -96,7 +96,8 @@ class StreamPoller:
             if busy:
                 pause = POLL_SECONDS
             else:
-                self.stack.stopping.wait(pause)
+                self.stack.stopping.wait(POLL_SECONDS)  # at most ~10 polls/s while busy
+                self.stack.nap(pause)
                 pause = min(IDLE_POLL_SECONDS, pause * 1.5)  # fewer calls into the emulator's lock
 
     def _discover(self) -> None:
