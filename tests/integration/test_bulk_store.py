@@ -310,6 +310,30 @@ class TestImport:
         assert job["processed"] == 60 and job["result"]["created"] == expected.count("created")
         assert campaign_count("imp3") == expected.count("created")
 
+    def test_a_checkpoint_whose_answer_was_lost_is_recognised(self, bulk: Any,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+        # Given a commit that lands but whose answer is lost, so the SDK's retry is refused
+        settings_with(monkeypatch, IMPORT_CHECKPOINT_ROWS="10")
+        rows, expected = mixed_rows("imp8", 30)
+        event = upload(bulk, "incoming/lost.csv", import_body(rows))
+        service = bulk_wiring.import_service()
+        real = service._jobs.commit
+        lost = {"n": 0}
+
+        def commit(*args: Any, **kwargs: Any) -> bool:
+            landed = real(*args, **kwargs)
+            lost["n"] += 1
+            return landed and lost["n"] != 2
+
+        monkeypatch.setattr(service._jobs, "commit", commit)
+        # When the import runs
+        service.handle(event)
+        # Then it carries on past that checkpoint and finishes with every row counted once
+        assert [r[1] for r in results(bulk, "results/lost.csv")[1:]] == expected
+        job = bulk_wiring.job_service().get(import_job_id(
+            bulk.buckets["imports"], "incoming/lost.csv", event["Records"][0]["s3"]["object"]["eTag"]))
+        assert (job["status"], job["processed"]) == ("succeeded", 30)
+
     def test_near_the_timeout_it_hands_over_to_a_continuation_message(self, bulk: Any,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
         settings_with(monkeypatch, IMPORT_CHECKPOINT_ROWS="15")

@@ -588,7 +588,7 @@ class ImportService:
                      "ranges_done": 1 if done else 0},
                 values={"updated_at": self._now()},
             )
-            if not committed:
+            if not committed and not self._landed(job_id, name, seq, last_end):
                 return  # a concurrent duplicate is ahead of us, or the job has finished
             seq += 1
             chunk = []
@@ -600,6 +600,11 @@ class ImportService:
         if chunk:  # the stream ended before the planned range did
             raise ObjectChanged(job["source_key"])
         self.maybe_finish(job_id)
+
+    def _landed(self, job_id: str, name: str, seq: int, end: int) -> bool:
+        """Whether a commit reported as refused was our own, retried after a lost answer."""
+        checkpoint = self._jobs.get_checkpoint(job_id, name) or {}
+        return int(checkpoint.get("seq", 0)) == seq + 1 and int(checkpoint.get("next_offset", -1)) == end
 
     def import_rows(self, job: dict[str, Any], header: list[str],
                     rows: list[tuple[int, bytes]]) -> list[tuple[int, str, str, str]]:

@@ -27,6 +27,7 @@ Jobs (the jobs table)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -429,6 +430,14 @@ class BulkObjects:
 class QueueSender:
     def __init__(self, sqs: Any) -> None:
         self._sqs = sqs
+
+    def retry_later(self, queue_url: str, receipt_handle: str, receive_count: int) -> None:
+        """A failed message comes back after 10, 20, 40... seconds (at most 15 minutes), not after the
+        queue's whole visibility timeout (sized for the longest run)."""
+        delay = min(900, 10 * 2 ** max(0, receive_count - 1))
+        with contextlib.suppress(ClientError):  # if not, it is back after the visibility timeout anyway
+            self._sqs.change_message_visibility(QueueUrl=queue_url, ReceiptHandle=receipt_handle,
+                                                VisibilityTimeout=delay)
 
     def send(self, queue_url: str, messages: Iterable[Mapping[str, Any]]) -> int:
         """Send JSON messages, ten per SendMessageBatch; retries the entries SQS refused."""
