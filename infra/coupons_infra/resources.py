@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from coupons.settings import ENV_NAMES
+
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS_DIR = ROOT / "functions"
 DOMAIN_LAYER_DIR = ROOT / "layers" / "domain"
@@ -284,14 +286,11 @@ def base_environment(config: dict[str, str]) -> dict[str, str]:
     return env
 
 
+# cdk.json context key -> environment variable: the settings model's own names, so they cannot drift.
 SEED_OPTIONS = {
-    # cdk.json context key -> environment variable
-    "coupon_id_format": "COUPON_ID_FORMAT",
-    "default_expiration_days": "DEFAULT_EXPIRATION_DAYS",
-    "max_discount_per_user": "MAX_DISCOUNT_PER_USER",
-    "discount_type": "DEFAULT_DISCOUNT_TYPE",
-    "allowed_domains": "ALLOWED_DOMAINS",
-    "failed_attempts_per_user": "FAILED_ATTEMPTS_PER_USER",
-    "failed_attempts_per_ip": "FAILED_ATTEMPTS_PER_IP",
-    "failed_attempt_window_seconds": "FAILED_ATTEMPT_WINDOW_SECONDS",
+    key: ENV_NAMES[key]
+    for key in (
+        "coupon_id_format", "default_expiration_days", "max_discount_per_user", "discount_type",
+        "allowed_domains", "failed_attempts_per_user", "failed_attempts_per_ip", "failed_attempt_window_seconds",
+    )
 }
