@@ -90,3 +90,20 @@ def test_cipher_cache_builds_once() -> None:
 
     assert cache.get(build) is cache.get(build)
     assert built == [1]
+
+
+class DeniedKms(FakeKms):
+    def generate_data_key(self, **kwargs: Any) -> dict[str, bytes]:
+        error = Exception("denied")
+        error.response = {"Error": {"Code": "AccessDeniedException"}}  # type: ignore[attr-defined]
+        raise error
+
+
+def test_a_read_only_function_before_any_coupon_finds_nothing_and_caches_nothing() -> None:
+    store, cache = MemoryKeyring(), CipherCache()
+    cipher = cache.get(lambda: unwrap_keyring(store, DeniedKms(), "alias/x", 1))
+    assert cipher.ephemeral and store.keys == {}
+    # once an admin function has created the keyring, the next request reads the real one
+    assert not unwrap_keyring(store, FakeKms(), "alias/x", 1).ephemeral
+    assert store.keys
+    assert cache.get(lambda: CodeCipher({1: b"r" * 32}, 1)).ephemeral is False

@@ -43,7 +43,8 @@ class _VersionKeys:
 class CodeCipher:
     """Blind index and encryption for codes, over already-unwrapped data keys."""
 
-    def __init__(self, data_keys: dict[int, bytes], active_version: int) -> None:
+    def __init__(self, data_keys: dict[int, bytes], active_version: int, *, ephemeral: bool = False) -> None:
+        self.ephemeral = ephemeral
         if active_version not in data_keys:
             raise ValueError("the active key version has no data key")
         self.active_version = active_version
@@ -97,9 +98,17 @@ def unwrap_keyring(store: KeyringStore, kms: KmsClient, kms_key_id: str, active_
     """Load (creating on first use) and unwrap the data keys: the only KMS calls a container makes."""
     wrapped = store.load_wrapped_keys()
     if active_version not in wrapped:
-        generated = kms.generate_data_key(
-            KeyId=kms_key_id, KeySpec="AES_256", EncryptionContext=_context(active_version)
-        )
+        try:
+            generated = kms.generate_data_key(
+                KeyId=kms_key_id, KeySpec="AES_256", EncryptionContext=_context(active_version)
+            )
+        except Exception as error:
+            if "AccessDenied" not in str(getattr(error, "response", {}).get("Error", {}).get("Code", "")):
+                raise
+            # A read-only function (validate) before any coupon exists: no code can be stored
+            # under a key that does not exist yet, so a throwaway key finds nothing, as it should.
+            # It is not cached: the real keyring is read again on the next request.
+            return CodeCipher({active_version: os.urandom(32)}, active_version, ephemeral=True)
         if store.save_wrapped_key(active_version, generated["CiphertextBlob"]):
             wrapped[active_version] = generated["CiphertextBlob"]
         else:  # another container won the race: use its key
@@ -124,7 +133,10 @@ class CipherCache:
         if self._cipher is None:
             with self._lock:
                 if self._cipher is None:
-                    self._cipher = build()
+                    cipher: CodeCipher = build()
+                    if cipher.ephemeral:
+                        return cipher
+                    self._cipher = cipher
         return self._cipher
 
     def clear(self) -> None:
