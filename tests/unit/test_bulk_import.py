@@ -407,3 +407,26 @@ class TestGenerationRequests:
     def test_unknown_fields_are_refused(self) -> None:
         with pytest.raises(ValidationError):
             GenerationRequest.model_validate({"count": 1, "template": {"discount_value": 1}, "prefix": "X"})
+
+
+def test_a_finished_job_item_becomes_its_completion_event_without_codes() -> None:
+    # Given an import job item as the worker leaves it, moving from running to succeeded
+    from coupons.events import BULK_GENERATION_COMPLETED, BULK_IMPORT_COMPLETED, Change, to_event
+    from coupons.jobs import new_job
+
+    running = new_job("imp-1", "import", actor="s3:AIDA1", now=NOW, status="running", total=3, processed=3,
+                      created=1, rejected=1, duplicates=1, failed=2, source_key="incoming/a.csv",
+                      result_key="results/a.csv", header=["code", "discount_value"])
+    done = {**running, "status": "succeeded", "result": {"created": 1, "rejected": 1, "duplicates": 1,
+                                                         "result_key": "results/a.csv"}}
+    # When the jobs table's stream delivers that change
+    event = to_event(Change("e1", "MODIFY", "1", table="jobs", old=running, new=done))
+    # Then it is BulkImportCompleted with the totals and the actor
+    assert event is not None and event.detail_type == BULK_IMPORT_COMPLETED
+    assert event.detail["job_id"] == "imp-1" and event.detail["created"] == 1 and event.detail["actor"] == "s3:AIDA1"
+    # and a generation job's, BulkGenerationCompleted, whose detail names the export but holds no code
+    gen = new_job("gen-1", "generate", actor="alice", now=NOW, status="running", total=2, campaign_id="c")
+    finished = {**gen, "status": "succeeded", "result": {"export_key": "exports/c/gen-1.csv", "created": 2}}
+    event = to_event(Change("e2", "MODIFY", "2", table="jobs", old=gen, new=finished))
+    assert event is not None and event.detail_type == BULK_GENERATION_COMPLETED
+    assert event.detail["campaign_id"] == "c" and "code" not in str(event.detail).replace("export", "")
