@@ -99,11 +99,16 @@ def _run(args: argparse.Namespace) -> int:
     )
     try:
         with urllib.request.urlopen(request, timeout=600) as response:
-            print(response.read().decode())
+            text = response.read().decode()
     except urllib.error.HTTPError as error:
         print(error.read().decode(), file=sys.stderr)
         return 1
-    return 0
+    try:
+        failed = isinstance(json.loads(text), dict) and "error" in json.loads(text)
+    except ValueError:
+        failed = False
+    print(text, file=sys.stderr if failed else sys.stdout)
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
