@@ -102,6 +102,26 @@ class LocalStack:
             self._activity.wait_for(lambda: self._generation != seen or self.stopping.is_set(), seconds)
         return self.stopping.is_set()
 
+    def poll_until_stopped(self, poll_once: Callable[[], bool], *, what: str, busy_pause: float,
+                           idle_max: float, growth: float) -> None:
+        """A background poller's loop: poll right away while busy; when idle, nap a growing
+        while (woken early by any function run) so an idle stack costs almost no CPU."""
+        pause = busy_pause
+        while not self.stopping.is_set():
+            try:
+                busy = poll_once()
+            except Exception:  # the emulator is shutting down, or a bug: keep the stack serving
+                if self.stopping.is_set():
+                    return
+                logging.getLogger("coupons_local").exception("poller error (%s)", what)
+                busy = False
+            if busy:
+                pause = busy_pause
+            else:
+                self.stopping.wait(busy_pause)  # bounds the polling rate while activity keeps waking it
+                self.nap(pause)
+                pause = min(idle_max, pause * growth)
+
     def stop(self) -> None:
         self.stopping.set()
         self.kick()

@@ -91,21 +91,8 @@ class QueuePoller:
         self.invocations = 0
 
     def run(self) -> None:
-        idle = IDLE_MIN_SECONDS
-        while not self.stack.stopping.is_set():
-            try:
-                busy = self.poll_once()
-            except Exception:  # the emulator is shutting down, or a bug: keep the stack serving
-                if self.stack.stopping.is_set():
-                    return
-                log.exception("queue poller error (%s)", self.function.name)
-                busy = False
-            if busy:
-                idle = IDLE_MIN_SECONDS
-            else:
-                self.stack.stopping.wait(IDLE_MIN_SECONDS)
-                self.stack.nap(idle)
-                idle = min(idle * 2, IDLE_MAX_SECONDS)
+        self.stack.poll_until_stopped(self.poll_once, what=f"queue {self.function.name}",
+                                      busy_pause=IDLE_MIN_SECONDS, idle_max=IDLE_MAX_SECONDS, growth=2)
 
     def poll_once(self) -> bool:
         messages = self.sqs.receive_message(

@@ -84,21 +84,9 @@ class StreamPoller:
         self.discovered_at = 0.0
 
     def run(self) -> None:
-        pause = POLL_SECONDS
-        while not self.stack.stopping.is_set():
-            try:
-                busy = self.poll_once()
-            except Exception:  # the emulator is shutting down, or a bug: keep the stack serving
-                if self.stack.stopping.is_set():
-                    return
-                log.exception("stream poller error (%s)", self.stream_arn)
-                busy = False
-            if busy:
-                pause = POLL_SECONDS
-            else:
-                self.stack.stopping.wait(POLL_SECONDS)  # at most ~10 polls/s while busy
-                self.stack.nap(pause)
-                pause = min(IDLE_POLL_SECONDS, pause * 1.5)  # fewer calls into the emulator's lock
+        # growth 1.5: fewer calls into the emulator's lock while idle
+        self.stack.poll_until_stopped(self.poll_once, what=f"stream {self.stream_arn}", busy_pause=POLL_SECONDS,
+                                      idle_max=IDLE_POLL_SECONDS, growth=1.5)
 
     def _discover(self) -> None:
         if time.monotonic() - self.discovered_at < DISCOVER_SECONDS and \
