@@ -40,6 +40,7 @@ ENV_NAMES: dict[str, str] = {
     "import_checkpoint_rows": "IMPORT_CHECKPOINT_ROWS",
     "generation_batch_size": "GENERATION_BATCH_SIZE",
     "admin_group": "ADMIN_GROUP",
+    "admin_issuer": "ADMIN_ISSUER",
 }
 
 
@@ -81,6 +82,8 @@ class Settings(BaseModel):
     import_checkpoint_rows: int = Field(default=1000, ge=1, le=100_000)
     generation_batch_size: int = Field(default=1000, ge=1, le=10_000)
     admin_group: str = "coupon-admins"
+    # The admin pool's issuer URL: only its ID tokens can be admins (issue 17). Empty: nobody is.
+    admin_issuer: str = ""
 
     @field_validator("discount_type", mode="before")
     @classmethod
