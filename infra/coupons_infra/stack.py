@@ -48,6 +48,8 @@ class CouponsStack(Stack):
         self.functions = Functions(
             self, "Functions", config=config, key=self.data.key, tables=self.data.tables,
             buckets=self.storage.buckets, queues=self.messaging.queues, bus=self.messaging.bus)
+        self.data.reserve_code_context([self.functions.roles[f.name] for f in r.FUNCTIONS
+                                        if any(kind == "key" for kind, _, _ in f.grants)])
         self.api = Api(self, "Api", config=config, functions=self.functions.functions)
         self.jobs = Jobs(self, "Jobs", data=self.data, messaging=self.messaging,
                          functions=self.functions.functions)

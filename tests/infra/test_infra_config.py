@@ -179,7 +179,9 @@ def test_reserved_concurrency_comes_from_context_with_checkout_defaults() -> Non
                                        "account_concurrency_limit": "3000"})
     assert config.reserved_concurrency == {"validate": 50}  # 0 (or null) turns a reservation off
     assert config.account_concurrency_limit == 3000
-    assert StackConfig.from_context({"reserved_concurrency": {}}).reserved_concurrency == {}
+    assert StackConfig.from_context({"reserved_concurrency": {}}).reserved_concurrency == {"validate": 100, "redeem": 200}
+    assert StackConfig.from_context({"reserved_concurrency": {"redeem": 300}}).reserved_concurrency == {
+        "validate": 100, "redeem": 300}  # per function: the others keep their defaults
 
 
 def test_reserved_concurrency_must_leave_the_account_its_unreserved_minimum() -> None:
