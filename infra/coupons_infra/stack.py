@@ -65,6 +65,14 @@ class CouponsStack(Stack):
         for channel, client in api.clients.items():
             CfnOutput(self, f"{channel.title()}ClientId", value=client.user_pool_client_id,
                       description=f"Cognito app client of the {channel} channel")
+        admins = api.admin_identity
+        CfnOutput(self, "AdminUserPoolId", value=admins.user_pool.user_pool_id,
+                  description="Cognito user pool of the admins (no self sign-up, TOTP MFA required)")
+        CfnOutput(self, "AdminClientId", value=admins.client.user_pool_client_id,
+                  description="The admin console's app client (managed login, code grant with PKCE)")
+        CfnOutput(self, "AdminSignInUrl", value=admins.signin_url,
+                  description="The admin pool's managed login domain")
+        CfnOutput(self, "AdminConsoleUrl", value=api.console_url, description="The admin console")
         for channel, api_key in api.api_keys.items():
             CfnOutput(self, f"{channel.title()}ApiKeyId", value=api_key.key_id,
                       description=f"API key id of the {channel} usage plan (value: aws apigateway get-api-key)")
