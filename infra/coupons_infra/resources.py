@@ -205,6 +205,7 @@ FUNCTIONS: tuple[Function, ...] = (
             Route("GET", "/console", public=True),
             Route("GET", "/console/checkout", public=True),
             Route("GET", "/console/assets/{name}", public=True),
+            Route("GET", "/console/signin", public=True),  # the admin pool's managed login (issue 17)
         ),
         memory_mb=256,
     ),
