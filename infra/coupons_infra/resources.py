@@ -175,14 +175,14 @@ FUNCTIONS: tuple[Function, ...] = (
     Function(
         name="validate",
         description="Checkout: validate a code against an order (one read; failed guesses counted)",
-        reserved_concurrency=100,  # issue 17, 8c: a guessing flood here cannot starve redeem (nor more)
+        reserved_concurrency=100,  # issue 17, 8c: its own share (and cap): a guessing flood stops here
         routes=(Route("POST", "/coupons/validate"),),
         grants=(("table", "coupons", READ), ("table", "guards", READWRITE), ("key", "kms", "decrypt")),
     ),
     Function(
         name="redeem",
         description="Checkout: redeem, read and roll back redemptions; a coupon's redemptions (admin)",
-        reserved_concurrency=200,  # issue 17, 8c: redemptions keep their capacity whatever else runs
+        reserved_concurrency=200,  # issue 17, 8c: redemptions keep this capacity whatever else runs
         routes=(
             Route("POST", "/redemptions"),
             Route("GET", "/redemptions/{redemption_id}"),
