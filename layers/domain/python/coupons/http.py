@@ -80,6 +80,12 @@ class Identity:
         return self.email.rsplit("@", 1)[1].lower()
 
 
+def _verified(raw: Any) -> bool:
+    # Cognito's REST authorizer hands every claim over as a string ("true"/"false"); a token
+    # read directly carries a JSON boolean. Anything else (absent, "1", "yes") is not verified.
+    return raw is True or (isinstance(raw, str) and raw.strip().lower() == "true")
+
+
 def _groups(raw: Any) -> frozenset[str]:
     # Cognito's REST authorizer flattens the list claim to a string such as "[a, b]" or "a,b".
     if isinstance(raw, list | tuple):
@@ -96,9 +102,11 @@ def identity_of(app: Any) -> Identity:
     user_id = claims.get("sub")
     if not user_id:
         raise Unauthenticated()
+    # An unverified email is no email: the user pool lets shoppers type any address (issue 11).
+    email = claims.get("email") if _verified(claims.get("email_verified")) else None
     return Identity(
         user_id=str(user_id),
-        email=claims.get("email"),
+        email=str(email) if email else None,
         groups=_groups(claims.get("cognito:groups")),
         ip=context.identity.source_ip or "unknown",
         user_agent=(context.identity.user_agent or "")[:512],
