@@ -220,6 +220,14 @@ def test_openapi_document_is_public_and_admin_routes_are_not(synth: Synth) -> No
     assert "POST /coupons" not in public
 
 
+def test_a_changed_email_is_kept_unverified_until_confirmed(synth: Synth) -> None:
+    # Issue 11: a shopper who changes their email to x@partner.com keeps the old, verified one (and
+    # email_verified true for it) until they confirm the new address; the service trusts only verified emails.
+    pool = synth.resource(synth.stack.api.user_pool)["Properties"]
+    assert pool["UserAttributeUpdateSettings"] == {"AttributesRequireVerificationBeforeUpdate": ["email"]}
+    assert pool["AutoVerifiedAttributes"] == ["email"]
+
+
 def test_user_pool_with_admin_group_and_three_channel_clients(synth: Synth) -> None:
     pool_id = synth.logical_id(synth.stack.api.user_pool)
     pool = synth.resource(synth.stack.api.user_pool)["Properties"]
