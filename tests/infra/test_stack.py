@@ -222,6 +222,14 @@ def test_openapi_document_is_public_and_admin_routes_are_not(synth: Synth) -> No
     assert "POST /coupons" not in public
 
 
+def test_a_changed_email_is_kept_unverified_until_confirmed(synth: Synth) -> None:
+    # Issue 11: a shopper who changes their email to x@partner.com keeps the old, verified one (and
+    # email_verified true for it) until they confirm the new address; the service trusts only verified emails.
+    pool = synth.resource(synth.stack.api.user_pool)["Properties"]
+    assert pool["UserAttributeUpdateSettings"] == {"AttributesRequireVerificationBeforeUpdate": ["email"]}
+    assert pool["AutoVerifiedAttributes"] == ["email"]
+
+
 def test_customer_user_pool_with_three_channel_clients_and_no_admin_group(synth: Synth) -> None:
     # Issue 17, finding 7: the coupon-admins group moved to the admins' own pool (a shoppers' pool
     # token is never an admin); this test asserted it here before.
