@@ -376,9 +376,18 @@ def test_a_read_only_function_finds_old_codes_before_the_new_version_exists(
     assert "Decrypt" in kms.calls
     assert failures_counted() == []
     assert stored_versions() == [1]
-    # And an unknown code is still a counted failed guess (every stored version was searched)
-    with pytest.raises(CouponNotFound):
-        validate(service, "NO-SUCH-CODE-1", caller("guesser"))
+    # And an unknown code is still a counted failed guess (every stored version was searched, and the
+    # keyring re-read once in case the new version appeared), costing what a malformed code costs
+    costs = []
+    for guess in ("NO-SUCH-CODE-1", "not a code!"):
+        counter = CallCounter().attach("dynamodb", "kms")
+        with pytest.raises(CouponNotFound):
+            validate(service, guess, caller("guesser"))
+        costs.append(dict(counter.calls))
+        for name in ("dynamodb", "kms"):
+            aws.client(name).meta.events.unregister("before-call.*.*", counter)
+    assert costs[0] == costs[1] == {"dynamodb:BatchGetItem": 1, "dynamodb:Query": 1,
+                                    "dynamodb:TransactWriteItems": 1}
     assert len(failures_counted()) == 2  # the user's and the IP's counters
 
 

@@ -385,7 +385,7 @@ class CheckoutService:
         verdict = self.policy.verdict(snapshot.user, snapshot.ip, now.timestamp())
         if verdict.locked:
             raise RateLimited(retry_after=verdict.retry_after)
-        if snapshot.coupon is None and well_formed and self._keyring_was_stale():
+        if snapshot.coupon is None and self._keyring_was_stale():  # malformed too: one cost for every miss
             return self._guarded_read(code, who, now, ip_users=ip_users)  # look again under every version
         if snapshot.coupon is None or not well_formed:
             self._failed_guess(who, now, snapshot, bucket)
