@@ -14,7 +14,9 @@ container sees them (a new environment, `wiring.reset()`), and checks that:
 
 The local stack keeps its state in memory only (a restart starts empty), so a restart with another
 `CODE_KEY_VERSION` on the same data cannot be driven over HTTP: these tests drive the services the
-functions run, with their real adapters.
+functions run, with their real adapters (tests/e2e/test_key_rotation_e2e.py covers HTTP with a
+version-2 stack and version-1 data written by this process). IAM cannot be emulated either: a KMS
+client wrapper plays the validate/redeem role (no kms:GenerateDataKey) and a failing KMS.
 """
 
 from __future__ import annotations

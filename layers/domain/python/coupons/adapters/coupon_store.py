@@ -263,7 +263,8 @@ class CouponStore:
         except ClientError as error:
             if error_code(error) == "TransactionCanceledException":
                 reasons = [r.get("Code") for r in error.response.get("CancellationReasons", [])]
-                if any(r == "ConditionalCheckFailed" and "ConditionCheck" in i for r, i in zip(reasons, items, strict=False)):
+                checks = [r for r, i in zip(reasons, items, strict=False) if "ConditionCheck" in i]
+                if "ConditionalCheckFailed" in checks:
                     raise CodeAlreadyExists() from None  # the code is live under another key version
                 if reasons and reasons[0] == "ConditionalCheckFailed" and len(items) >= 2 and "Put" in items[0]:
                     raise CodeAlreadyExists() from None  # create: the code's item exists
