@@ -14,6 +14,20 @@ Sliding-window counter
     until the estimate falls below the limit again, which `retry_after` computes
     exactly assuming no new failure.
 
+Counting under concurrency
+    A subject's two counters live in one item (`Window`: the bucket, its count and the
+    count of the bucket before), so that one conditional write sees both. A failed guess
+    is counted before it is answered: the write adds 1 only while the bucket's count is
+    below `room` (how many failures this bucket may hold given the previous one's
+    weight now) and the item is still as the request read it; a request whose condition
+    fails decides again from the item as it is (returned by the failed write). So the
+    store admits a guess only when `estimate < limit` held on the exact counts at that
+    moment, however many guesses race and however stale the read was: no more than the
+    limit are answered 404 in a window. A guess past the room is refused (429) and not
+    counted, so the estimate counts answered failures only, and a caller who keeps
+    trying while locked stays locked no longer than the window says. A guess counted for
+    the user but refused for the IP is taken back from the user.
+
 Distinct users per IP
     Successful redemptions record their user in a per-IP set per bucket; the distinct
     users of the current and previous buckets together are compared with the
@@ -35,6 +49,26 @@ class Counts:
 
     current: int = 0
     previous: int = 0
+
+
+@dataclass(frozen=True)
+class Window:
+    """One subject's failure counter as stored: `current` failures in `bucket`, `previous` in the one before."""
+
+    bucket: int
+    current: int = 0
+    previous: int = 0
+
+    def counts_at(self, bucket: int) -> Counts:
+        """The counts as a request in `bucket` sees them (an older item has aged out, wholly or in part).
+
+        An item ahead of the request (written from the next bucket already) is read as of its own bucket.
+        """
+        if bucket <= self.bucket:
+            return Counts(self.current, self.previous)
+        if bucket == self.bucket + 1:
+            return Counts(0, self.current)
+        return Counts()
 
 
 @dataclass(frozen=True)
@@ -66,6 +100,19 @@ class Policy:
         elapsed = (now - self.bucket(now) * self.window) / self.window
         return counts.current + counts.previous * (1 - elapsed)
 
+    def room(self, previous: int, limit: int, now: float) -> int:
+        """How many failures the current bucket may hold: a failure is admitted while current < room.
+
+        The smallest c with estimate(c, previous) >= limit, computed with `estimate` itself so that
+        the two never disagree at a float edge.
+        """
+        room = max(0, math.ceil(limit - self.estimate(Counts(0, previous), now)))
+        while room > 0 and self.estimate(Counts(room - 1, previous), now) >= limit:
+            room -= 1
+        while self.estimate(Counts(room, previous), now) < limit:
+            room += 1
+        return room
+
     def retry_after(self, counts: Counts, limit: int, now: float) -> int:
         """Seconds until the estimate is below `limit` again (0 if it already is)."""
         if self.estimate(counts, now) < limit:
@@ -89,13 +136,15 @@ class Policy:
 
     def trips(self, user: Counts, ip: Counts, now: float) -> list[Trip]:
         """The lockouts one more failure starts (crossing the limit, not already past it)."""
-        found = []
-        for scope, counts, limit in (("user", user, self.per_user), ("ip", ip, self.per_ip)):
-            before = self.estimate(counts, now)
-            after = before + 1
-            if before < limit <= after:
-                found.append(Trip(scope, math.ceil(after), limit))  # type: ignore[arg-type]
-        return found
+        found = [self.trip("user", user, self.per_user, now), self.trip("ip", ip, self.per_ip, now)]
+        return [t for t in found if t is not None]
+
+    def trip(self, scope: Scope, before: Counts, limit: int, now: float) -> Trip | None:
+        """The lockout that one more failure on top of `before` starts, if it crosses the limit."""
+        estimate = self.estimate(before, now)
+        if estimate < limit <= estimate + 1:
+            return Trip(scope, math.ceil(estimate + 1), limit)
+        return None
 
 
 def distinct_users(previous: set[str], current: set[str]) -> int:
