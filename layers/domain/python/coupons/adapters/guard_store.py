@@ -104,15 +104,23 @@ class GuardStore:
         return window
 
     def take_back(self, scope: str, subject: str, bucket: int) -> None:
-        """Best effort: un-count a failure counted in `bucket` whose guess was refused after all."""
-        try:
-            self._db.update_item(
-                TableName=self._guards, Key=fail_key(scope, subject), UpdateExpression="ADD #c :minus",
-                ConditionExpression="#b = :b AND #c >= :one", ExpressionAttributeNames={"#b": "bucket",
-                                                                                        "#c": "current"},
-                ExpressionAttributeValues={":minus": to_value(-1), ":one": to_value(1), ":b": to_value(bucket)})
-        except (ClientError, BotoCoreError):
-            return  # left counted: errs towards locking, never towards letting a guess through
+        """Best effort: un-count a failure counted in `bucket` whose guess was refused after all.
+
+        If the counter has moved on to the next bucket meanwhile, that failure is its `previous`.
+        """
+        for attribute, at in (("current", bucket), ("previous", bucket + 1)):
+            try:
+                self._db.update_item(
+                    TableName=self._guards, Key=fail_key(scope, subject), UpdateExpression="ADD #n :minus",
+                    ConditionExpression="#b = :b AND #n >= :one",
+                    ExpressionAttributeNames={"#b": "bucket", "#n": attribute},
+                    ExpressionAttributeValues={":minus": to_value(-1), ":one": to_value(1), ":b": to_value(at)})
+                return
+            except ClientError as error:
+                if error_code(error) != "ConditionalCheckFailedException":
+                    return  # left counted: errs towards locking, never towards letting a guess through
+            except BotoCoreError:
+                return
 
     def record_failure(self, *, now: datetime, flags: Sequence[Mapping[str, Any]]) -> None:
         """Best effort, after the guess was counted: the day's total (for the reports) and any fraud flags."""
