@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from coupons.guards import Counts, Policy, crosses, distinct_users
+from coupons.guards import Counts, Policy, Window, crosses, distinct_users
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -83,3 +83,23 @@ def test_failures_one_by_one_trip_exactly_once(limit: int, failures: int, fracti
 def test_distinct_users_and_crossing() -> None:
     assert distinct_users({"a", "b"}, {"b", "c"}) == 3
     assert crosses(3, 2, 3) and not crosses(3, 3, 4) and not crosses(3, 1, 2)
+
+
+@given(st.integers(0, 50), st.integers(1, 40), st.floats(0, 0.999, allow_nan=False))
+def test_room_admits_exactly_while_the_estimate_is_below_the_limit(previous: int, limit: int,
+                                                                   fraction: float) -> None:
+    # Given any previous bucket at any moment of the current one
+    now = T0 + fraction * 600
+    room = POLICY.room(previous, limit, now)
+    # Then a failure is admitted (current < room) exactly when the caller is not locked
+    for current in range(room + 3):
+        unlocked = POLICY.estimate(Counts(current, previous), now) < limit
+        assert (current < room) == unlocked == (POLICY.retry_after(Counts(current, previous), limit, now) == 0)
+
+
+def test_a_stored_window_as_seen_from_its_bucket_and_later_ones() -> None:
+    window = Window(bucket=7, current=4, previous=9)
+    assert window.counts_at(7) == Counts(4, 9)
+    assert window.counts_at(8) == Counts(0, 4)  # its bucket is now the previous one
+    assert window.counts_at(9) == Counts(0, 0)  # aged out
+    assert window.counts_at(6) == Counts(4, 9)  # a request whose clock is behind reads it as it is
