@@ -465,7 +465,7 @@ class CheckoutService:
                     index += 1
                 if usage:
                     if cancelled.failed(index):
-                        usage = False  # the usage item belongs to another coupon now: nothing to give back
+                        usage = False  # no use of this customer's left on the coupon: nothing to give back
                     index += 1
                 if clear_hint is not None and cancelled.failed(index):
                     clear_hint = None

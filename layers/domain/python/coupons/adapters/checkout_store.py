@@ -26,8 +26,8 @@ Usage by coupon id, found in the one read
     right: the redeem transaction's usage condition enforces the limit on the item of the
     coupon being redeemed, whatever the read said.
 
-    The read always names one usage key per lookup index (the known id's, or a key that
-    never exists), so an unknown, a deleted and a known code cost the same work.
+    The BatchGetItem always names one usage key per lookup index (the known id's, or a key
+    that never exists), so for an unknown, a deleted and a known code it has the same shape.
 
 Guards table: see guard_store.
 """

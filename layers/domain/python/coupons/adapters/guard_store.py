@@ -95,7 +95,8 @@ class GuardStore:
                 ReturnValuesOnConditionCheckFailure="ALL_OLD")
         except ClientError as error:
             if error_code(error) == "ConditionalCheckFailedException":
-                raise GuardMoved(window_of(from_item(error.response.get("Item")))) from None
+                old = error.response.get("Item")  # ALL_OLD: the counter as it is (absent: no counter)
+                raise GuardMoved(window_of(from_item(old if isinstance(old, dict) else None))) from None
             raise busy_or(error) from error
         except BotoCoreError as error:
             raise busy_or(error) from error
