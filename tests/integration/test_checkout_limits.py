@@ -12,6 +12,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -170,10 +171,11 @@ def burst(calls: list[Callable[[], Any]]) -> list[int]:
         return list(pool.map(outcome, calls))
 
 
-def guard_service(client: Any, **limits: Any) -> CheckoutService:
+def guard_service(client: Any, *, at: datetime | None = None, **limits: Any) -> CheckoutService:
     s = get_settings().model_copy(update={"failed_attempt_window_seconds": 3600, **limits})
     store = CheckoutStore(client, s.coupons_table, s.guards_table)
-    return CheckoutService(store, wiring.cipher, s, sleep=lambda _: None)
+    return CheckoutService(store, wiring.cipher, s, sleep=lambda _: None,
+                           **({"clock": lambda: at} if at is not None else {}))
 
 
 def test_40_guesses_by_one_user_all_read_before_any_is_counted_get_at_most_10_404s(aws_env: Any) -> None:
@@ -207,3 +209,21 @@ def test_40_guesses_from_one_ip_all_read_before_any_is_counted_get_at_most_10_40
         expected = RateLimited if answer == 404 else CouponNotFound
         with pytest.raises(expected):
             strict.validate(validate_request("NOPE-AGAIN"), caller(f"ip-user-{i}", ip=f"10.9.0.{i}"))
+
+
+def test_a_burst_just_after_a_bucket_edge_gets_no_404_past_the_limit_reached_just_before_it(aws_env: Any) -> None:
+    wiring.cipher()
+    edge = 1_800_000_000  # a bucket boundary (window 3600)
+    # Given a user who failed 10 times (the limit) a second before the bucket ends
+    late = guard_service(aws.client("dynamodb"), at=datetime.fromtimestamp(edge - 1, UTC),
+                         failed_attempts_per_user=10, failed_attempts_per_ip=1000)
+    for i in range(10):
+        with pytest.raises(CouponNotFound):
+            late.validate(validate_request(f"NOPE-E-{i}"), caller("edge-user", ip="10.6.0.1"))
+    # When 40 more guesses arrive at once a second after the edge
+    early = guard_service(Gate(aws.client("dynamodb"), 40), at=datetime.fromtimestamp(edge + 1, UTC),
+                          failed_attempts_per_user=10, failed_attempts_per_ip=1000)
+    answers = burst([lambda i=i: early.validate(validate_request(f"NOPE-F-{i}"), caller(
+        "edge-user", ip="10.6.0.1")) for i in range(40)])
+    # Then none is answered 404: 10 in two seconds is the limit, wherever the bucket edge falls
+    assert Counter(answers) == Counter({429: 40})
