@@ -9,10 +9,16 @@ Sliding-window counter
         estimate = current + previous * (1 - f)
 
     (Cloudflare's sliding-window counter: two counters per subject, exact at bucket
-    edges, linear in between). A subject is locked while estimate >= limit: the
-    `limit`-th failure is still answered normally, every request after it gets 429
-    until the estimate falls below the limit again, which `retry_after` computes
-    exactly assuming no new failure.
+    edges, linear in between). A failure is admitted only if it fits: estimate + 1 <=
+    limit. So a subject is locked while estimate > limit - 1: the `limit`-th failure is
+    still answered normally, every request after it gets 429 until the estimate is back
+    at limit - 1 or below, which `retry_after` computes exactly assuming no new failure.
+
+    Why a whole failure must fit, not just "estimate < limit": just after a bucket edge
+    a full previous bucket weighs a little under the limit (10 failures a second ago
+    weigh 9.98 of 10), so "estimate < limit" would admit an 11th failure a moment after
+    the 10th, which any burst straddling an edge gets. With the failure's own weight
+    counted, no burst is answered more than `limit` failures, wherever the edge falls.
 
 Counting under concurrency
     A subject's two counters live in one item (`Window`: the bucket, its count and the
@@ -28,6 +34,9 @@ Counting under concurrency
     trying while locked stays locked no longer than the window says. A guess counted for
     the user but refused for the IP is taken back from the user.
 
+    `SLACK`: estimates are floats; a billionth of a failure is forgiven so that a moment
+    the arithmetic says is exactly "limit - 1" counts as free.
+
 Distinct users per IP
     Successful redemptions record their user in a per-IP set per bucket; the distinct
     users of the current and previous buckets together are compared with the
@@ -41,6 +50,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Scope = Literal["user", "ip"]
+SLACK = 1e-9
 
 
 @dataclass(frozen=True)
@@ -100,31 +110,36 @@ class Policy:
         elapsed = (now - self.bucket(now) * self.window) / self.window
         return counts.current + counts.previous * (1 - elapsed)
 
+    def fits(self, counts: Counts, limit: int, now: float) -> bool:
+        """Whether one more failure fits under the limit: estimate + 1 <= limit."""
+        return self.estimate(counts, now) <= limit - 1 + SLACK
+
     def room(self, previous: int, limit: int, now: float) -> int:
         """How many failures the current bucket may hold: a failure is admitted while current < room.
 
-        The smallest c with estimate(c, previous) >= limit, computed with `estimate` itself so that
-        the two never disagree at a float edge.
+        The smallest c at which one more failure no longer fits, computed with `fits` itself so
+        that the two never disagree at a float edge.
         """
-        room = max(0, math.ceil(limit - self.estimate(Counts(0, previous), now)))
-        while room > 0 and self.estimate(Counts(room - 1, previous), now) >= limit:
+        room = max(0, math.floor(limit - self.estimate(Counts(0, previous), now)))
+        while room > 0 and not self.fits(Counts(room - 1, previous), limit, now):
             room -= 1
-        while self.estimate(Counts(room, previous), now) < limit:
+        while self.fits(Counts(room, previous), limit, now):
             room += 1
         return room
 
     def retry_after(self, counts: Counts, limit: int, now: float) -> int:
-        """Seconds until the estimate is below `limit` again (0 if it already is)."""
-        if self.estimate(counts, now) < limit:
+        """Seconds until one more failure fits again (0 if it already does), assuming no new failure."""
+        if self.fits(counts, limit, now):
             return 0
         start = self.bucket(now) * self.window
-        if counts.current < limit:
-            # Within this bucket: current + previous * (1 - x) < limit  <=>  x > 1 - (limit - current) / previous
-            free_at = start + self.window * (1 - (limit - counts.current) / counts.previous)
+        free = limit - 1  # the estimate at which a failure fits again
+        if counts.current <= free:
+            # Within this bucket: current + previous * (1 - x) <= free  <=>  x >= 1 - (free - current) / previous
+            free_at = start + self.window * (1 - (free - counts.current) / counts.previous)
         else:
-            # Next bucket, where this bucket's count becomes the weighted one: current * (1 - x) < limit
-            free_at = start + self.window + self.window * (1 - limit / counts.current)
-        return max(1, math.floor(free_at - now) + 1)
+            # Next bucket, where this bucket's count becomes the weighted one: current * (1 - x) <= free
+            free_at = start + self.window + self.window * (1 - free / counts.current)
+        return max(1, math.ceil(free_at - now - SLACK))
 
     def verdict(self, user: Counts, ip: Counts, now: float) -> Verdict:
         """Whether this caller may try a code at all right now."""
@@ -140,10 +155,10 @@ class Policy:
         return [t for t in found if t is not None]
 
     def trip(self, scope: Scope, before: Counts, limit: int, now: float) -> Trip | None:
-        """The lockout that one more failure on top of `before` starts, if it crosses the limit."""
-        estimate = self.estimate(before, now)
-        if estimate < limit <= estimate + 1:
-            return Trip(scope, math.ceil(estimate + 1), limit)
+        """The lockout that one more failure on top of `before` starts: it fitted, and the next one will not."""
+        after = Counts(before.current + 1, before.previous)
+        if self.fits(before, limit, now) and not self.fits(after, limit, now):
+            return Trip(scope, math.ceil(self.estimate(after, now) - SLACK), limit)
         return None
 
 
