@@ -108,7 +108,7 @@ def event(method: str, path: str, body: Any, user: str, resource: str | None = N
         "requestContext": {"resourcePath": resource or path, "httpMethod": method, "stage": "bench",
                            "requestId": uuid.uuid4().hex,
                            "identity": {"sourceIp": ip, "userAgent": "bench"},
-                           "authorizer": {"claims": {"sub": user}}},
+                           "authorizer": {"token_use": "id", "sub": user, "exp": str(int(time.time()) + 3600)}},
     }
 
 

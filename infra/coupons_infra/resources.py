@@ -6,6 +6,7 @@ queues and bus from it, and serves the same routes with the same environment.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,6 +155,13 @@ EXPIRY_SWEEP_SCHEDULE = Schedule("expiry-sweep", "0 * * * ? *", 3600,
 DAILY_REPORT_SCHEDULE = Schedule("daily-report", "0 1 * * ? *", 86400,
                                  "01:00 UTC: the previous UTC day's finance report to the reports bucket")
 
+# The API's TOKEN authorizer (issue 12): the function below, the header API Gateway hands it (only if it
+# matches this expression: a bearer JWT, else 401 at once), and how long its answer is cached per token.
+AUTHORIZER = "authorizer"
+AUTHORIZATION_HEADER_REGEX = r"^[Bb][Ee][Aa][Rr][Ee][Rr] [A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$"
+AUTHORIZATION_PATTERN = re.compile(AUTHORIZATION_HEADER_REGEX)
+AUTHORIZER_CACHE_SECONDS = 300
+
 READ, WRITE, READWRITE = "read", "write", "readwrite"
 _CODES = (("table", "coupons", READWRITE), ("key", "kms", "decrypt"), ("key", "kms", "generate"))
 
@@ -190,6 +198,12 @@ FUNCTIONS: tuple[Function, ...] = (
             Route("GET", "/coupons/{coupon_id}/redemptions"),
         ),
         grants=(("table", "coupons", READWRITE), ("table", "guards", READWRITE), ("key", "kms", "decrypt")),
+    ),
+    Function(
+        name=AUTHORIZER,
+        description="API Gateway TOKEN authorizer: Cognito ID tokens (people) and access tokens (servers)",
+        memory_mb=256,
+        timeout_seconds=10,  # a cold start fetches the pools' JWKS (a few hundred ms)
     ),
     Function(
         name="openapi",

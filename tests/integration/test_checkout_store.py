@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -450,7 +451,7 @@ def test_through_the_handler_a_store_fault_is_a_503_with_retry_after(aws_env: An
         "body": json.dumps({"code": "fault-http", "channel": "web", "order": ORDER, "order_id": "o-http"}),
         "requestContext": {"resourcePath": "/redemptions", "httpMethod": "POST", "stage": "test",
                            "requestId": "r1", "identity": {"sourceIp": "10.1.1.1", "userAgent": "t"},
-                           "authorizer": {"claims": {"sub": "kim"}}},
+                           "authorizer": {"token_use": "id", "sub": "kim", "exp": str(int(time.time()) + 600)}},
     }
 
     class Context:
