@@ -407,9 +407,12 @@ class CheckoutService:
         return not cipher.complete and refreshed(self._cipher).versions != cipher.versions
 
     def _subjects(self, who: Shopper, snapshot: Snapshot) -> list[Subject]:
-        """Whose failures a guess counts for: the customer, the shopper's IP, the server client."""
-        named = [("user", who.user_id, self.policy.per_user), ("ip", who.ip, self.policy.per_ip),
-                 ("client", who.client_id, self.policy.per_client)]
+        """Whose failures a guess counts for: the server client, the customer, the shopper's IP.
+
+        The client first: a server past its limit (the likeliest to be, guessing for a whole shop) is
+        refused before it counts, even for a moment, against a customer or an address."""
+        named = [("client", who.client_id, self.policy.per_client), ("user", who.user_id, self.policy.per_user),
+                 ("ip", who.ip, self.policy.per_ip)]
         return [Subject(scope, name, snapshot.window(scope), limit)  # type: ignore[arg-type]
                 for scope, name, limit in named if name is not None]
 
