@@ -189,13 +189,14 @@ FUNCTIONS: tuple[Function, ...] = (
     ),
     Function(
         name="redeem",
-        description="Checkout: redeem, read and roll back redemptions; a coupon's redemptions (admin)",
+        description="Checkout: redeem, read and roll back redemptions; a customer's and a coupon's redemptions",
         reserved_concurrency=200,  # issue 17, 8c: redemptions keep this capacity whatever else runs
         routes=(
             Route("POST", "/redemptions"),
             Route("GET", "/redemptions/{redemption_id}"),
             Route("POST", "/redemptions/{redemption_id}/rollback"),
             Route("GET", "/coupons/{coupon_id}/redemptions"),
+            Route("GET", "/me/redemptions"),  # issue 12: a customer's own history
         ),
         grants=(("table", "coupons", READWRITE), ("table", "guards", READWRITE), ("key", "kms", "decrypt")),
     ),

@@ -223,3 +223,37 @@ def test_customers_may_not_roll_back_servers_and_admins_may(stack: LocalStack) -
     # an unknown id is still a 404 for a server
     unknown = stack.request("POST", f"/redemptions/{uuid.uuid4()}/rollback", token=server())
     assert (unknown.status, unknown.error_code) == (404, "REDEMPTION_NOT_FOUND")
+
+
+# --- a shopper's own history ------------------------------------------------------------------------
+
+
+def test_me_redemptions_pages_a_customers_own_history_newest_first(stack: LocalStack) -> None:
+    code = unique("HIST-")
+    stack.create_coupon(code=code, discount_value=10, uses_per_user=None)
+    shopper = unique("cust-")
+    own = customer(shopper)
+    made = [redeem(stack, own, code).body["redemption_id"] for _ in range(3)]
+    made.append(as_server(stack, server(), code, {"id": shopper}).body["redemption_id"])  # made for them
+    redeem(stack, customer(), code)  # someone else's
+    first = stack.request("GET", "/me/redemptions?limit=3", token=own)
+    assert first.status == 200, first.body
+    assert len(first.body["items"]) == 3 and first.body["next_cursor"]
+    second = stack.request("GET", f"/me/redemptions?limit=3&cursor={first.body['next_cursor']}", token=own)
+    assert second.status == 200 and second.body["next_cursor"] is None
+    items = first.body["items"] + second.body["items"]
+    assert [i["redemption_id"] for i in items] == list(reversed(made))  # newest first, all of theirs only
+    assert {i["user_id"] for i in items} == {shopper}
+    assert [i["redeemed_at"] for i in items] == sorted((i["redeemed_at"] for i in items), reverse=True)
+    # Another customer cannot page through them with the cursor
+    stranger = stack.request("GET", f"/me/redemptions?limit=3&cursor={first.body['next_cursor']}",
+                             token=customer())
+    assert stranger.status == 400 or not stranger.body["items"], stranger.body
+    # An admin has their own (none); a server has no "me"; bad paging is a 400
+    assert stack.request("GET", "/me/redemptions", token=stack.admin_token).body == {"items": [],
+                                                                                     "next_cursor": None}
+    refused = stack.request("GET", "/me/redemptions", token=server())
+    assert (refused.status, refused.error_code) == (403, "FORBIDDEN")
+    for query in ("limit=0", "limit=101", "limit=x", "cursor=not-a-cursor"):
+        bad = stack.request("GET", f"/me/redemptions?{query}", token=own)
+        assert (bad.status, bad.error_code) == (400, "VALIDATION_ERROR"), (query, bad.body)

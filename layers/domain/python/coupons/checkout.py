@@ -509,6 +509,12 @@ class CheckoutService:
             return None  # the coupon was deleted: no counter to give back to
         return ("coupon", pointer["code_hash"])  # re-coded: its item moved
 
+    def my_redemptions(self, who: Caller, *, limit: int, cursor: str | None) -> dict[str, Any]:
+        """`GET /me/redemptions`: the caller's own, newest first (whoever made them: they or a server)."""
+        items, next_cursor = self._with_busy_retry(
+            lambda: self._store.list_by_user(who.user_id, limit=limit, cursor=cursor))
+        return {"items": [redemption_view(i) for i in items], "next_cursor": next_cursor}
+
     def list_redemptions(self, coupon_id: str, *, limit: int, cursor: str | None) -> dict[str, Any]:
         pointer = self._with_busy_retry(lambda: self._store.get_pointer(coupon_id))
         if pointer is None:

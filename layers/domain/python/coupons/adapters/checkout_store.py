@@ -402,6 +402,12 @@ class CheckoutStore(GuardStore):
                            partitions=[("gsi1pk", f"CREDEEM#{coupon_id}", None, None)],
                            limit=limit, cursor=cursor, scan_forward=False)
 
+    def list_by_user(self, user_id: str, *, limit: int, cursor: str | None) -> tuple[list[Item], str | None]:
+        """A customer's redemptions, newest first (gsi2; a cursor from another partition is refused)."""
+        return paged_query(self._db, table=self._coupons, index="gsi2",
+                           partitions=[("gsi2pk", f"UREDEEM#{user_id}", None, None)],
+                           limit=limit, cursor=cursor, scan_forward=False)
+
     def get_pointer(self, coupon_id: str) -> Item | None:
         return self._get(key(id_pk(coupon_id), "COUPON"), consistent=True)
 

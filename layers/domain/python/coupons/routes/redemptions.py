@@ -9,7 +9,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Body, Query
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 
-from ..http import require_admin, require_checkout
+from ..http import require_admin, require_checkout, require_person
 from ..models import RedeemRequest, RedemptionPage, RedemptionView
 from .checkout import CUSTOMER_ERRORS, checkout_service
 from .ids import CouponIdParam, RedemptionIdParam
@@ -54,6 +54,20 @@ def get_redemption(redemption_id: RedemptionIdParam) -> RedemptionView:
 def rollback_redemption(redemption_id: RedemptionIdParam) -> RedemptionView:
     who = require_checkout(router)
     return RedemptionView.model_validate(checkout_service().rollback(redemption_id, who))
+
+
+@router.get("/me/redemptions", summary="My redemptions, newest first (customers: their own history)",
+            tags=["checkout"],
+            responses={400: {"description": "VALIDATION_ERROR (a bad limit, or a cursor not from this route)"},
+                       401: {"description": "UNAUTHENTICATED"},
+                       403: {"description": "FORBIDDEN: a server's token (a server has no 'me')"},
+                       503: {"description": "TRY_AGAIN (Retry-After)"}})
+def my_redemptions(
+    limit: Annotated[int, Query(ge=1, le=100)] = 25,
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+) -> RedemptionPage:
+    who = require_person(router)
+    return RedemptionPage.model_validate(checkout_service().my_redemptions(who, limit=limit, cursor=cursor))
 
 
 @router.get("/coupons/<coupon_id>/redemptions", summary="A coupon's redemptions, newest first", tags=["admin"],
