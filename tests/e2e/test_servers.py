@@ -257,3 +257,29 @@ def test_me_redemptions_pages_a_customers_own_history_newest_first(stack: LocalS
     for query in ("limit=0", "limit=101", "limit=x", "cursor=not-a-cursor"):
         bad = stack.request("GET", f"/me/redemptions?{query}", token=own)
         assert (bad.status, bad.error_code) == (400, "VALIDATION_ERROR"), (query, bad.body)
+
+
+# --- redemptions carry their order ------------------------------------------------------------------
+
+
+def test_a_redemption_body_carries_its_orders_totals_everywhere_it_is_read(stack: LocalStack) -> None:
+    code = unique("TOTALS-")
+    stack.create_coupon(code=code, discount_value=10, uses_per_user=None)
+    shopper = unique("cust-")
+    done = as_server(stack, server(), code, {"id": shopper})  # ORDER: 2 x 50.00
+    assert done.status == 201, done.body
+    expected = {"order_subtotal": 10000, "shipping_amount": 0, "total_after_discount": 9000,
+                "discount_amount": 1000, "currency": "USD"}
+    assert {k: done.body[k] for k in expected} == expected
+    rid = done.body["redemption_id"]
+    reads = [stack.request("GET", f"/redemptions/{rid}", token=customer(shopper)).body,
+             stack.request("GET", "/me/redemptions", token=customer(shopper)).body["items"][0],
+             stack.request("POST", f"/redemptions/{rid}/rollback", token=server()).body]
+    for body in reads:
+        assert {k: body[k] for k in expected} == expected, body
+    # and a customer's own redemption, with its replay
+    own = customer()
+    first = redeem(stack, own, code, "o-own")
+    replay = redeem(stack, own, code, "o-own")
+    assert (first.status, replay.status) == (201, 200) and replay.body == first.body
+    assert {k: first.body[k] for k in expected} == expected

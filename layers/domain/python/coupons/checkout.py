@@ -114,14 +114,25 @@ def order_fingerprint(user_id: str | None, request: RedeemRequest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def order_totals(item: dict[str, Any]) -> dict[str, int]:
+    """The order a redemption belongs to (issue 12); computed for a record stored before they were kept."""
+    subtotal = int(item.get("order_subtotal") or 0)
+    shipping = int(item.get("shipping_amount") or 0)
+    total = item.get("total_after_discount")
+    return {"order_subtotal": subtotal, "shipping_amount": shipping,
+            "total_after_discount": int(total) if total is not None
+            else subtotal + shipping - int(item["discount_amount"])}
+
+
 def redemption_view(item: dict[str, Any]) -> dict[str, Any]:
     return {
         "redemption_id": item["redemption_id"],
         "coupon_id": item["coupon_id"],
         "order_id": item["order_id"],
-        "user_id": item["user_id"],
+        "user_id": item.get("user_id"),
         "discount_amount": int(item["discount_amount"]),
         "currency": item["currency"],
+        **order_totals(item),
         "status": item["status"],
         "redeemed_at": parse_iso(item["redeemed_at"]),
         "channel": item.get("channel"),
@@ -246,6 +257,8 @@ class CheckoutService:
             "discount_amount": quote.discount_amount,
             "currency": quote.currency,
             "order_subtotal": quote.order_subtotal,
+            "shipping_amount": 0,  # orders carry no shipping yet
+            "total_after_discount": quote.total_after_discount,
             "eligible_subtotal": quote.eligible_subtotal,
             "status": "redeemed",
             "redeemed_at": now,
@@ -255,7 +268,8 @@ class CheckoutService:
     @staticmethod
     def _view_of_record(record: dict[str, Any]) -> dict[str, Any]:
         view = {k: record[k] for k in ("redemption_id", "coupon_id", "order_id", "user_id", "discount_amount",
-                                       "currency", "status", "redeemed_at", "channel")}
+                                       "currency", "order_subtotal", "shipping_amount", "total_after_discount",
+                                       "status", "redeemed_at", "channel")}
         view["rolled_back_at"] = None
         return view
 

@@ -441,6 +441,9 @@ class RedemptionView(_Out):
     user_id: str | None  # null: a guest's (a server's call naming no customer)
     discount_amount: int
     currency: str
+    order_subtotal: int  # the order it belongs to (issue 12): items' sum,
+    shipping_amount: int  # its shipping (0 without),
+    total_after_discount: int  # and what the shopper paid: items + shipping - discount
     status: RedemptionStatus
     redeemed_at: datetime
     channel: Channel | None = None

@@ -31,6 +31,7 @@ PAGE_LIMIT: int | None = None  # None: DynamoDB's own 1 MB pages (the fewest rou
 REDEMPTION_FIELDS = (
     "redemption_id", "coupon_id", "campaign_id", "user_id", "order_id", "channel", "currency",
     "discount_amount", "status", "redeemed_at", "rolled_back_at",
+    "order_subtotal", "total_after_discount",  # the daily CSV's order columns (issue 12)
 )
 
 
