@@ -283,3 +283,64 @@ def test_a_redemption_body_carries_its_orders_totals_everywhere_it_is_read(stack
     replay = redeem(stack, own, code, "o-own")
     assert (first.status, replay.status) == (201, 200) and replay.body == first.body
     assert {k: first.body[k] for k in expected} == expected
+
+
+# --- tokens that do not fit ---------------------------------------------------------------------------
+
+
+def _access(**overrides: Any) -> dict[str, Any]:
+    import time
+
+    now = int(time.time())
+    return {"sub": "shop-backend", "iss": tokens.SERVER_ISSUER, "client_id": "shop-backend", "token_use": "access",
+            "scope": "coupons/checkout", "iat": now, "exp": now + 3600, **overrides}
+
+
+def _rescoped() -> str:
+    import base64
+    import json
+
+    header, _, signature = server().split(".")
+    payload = base64.urlsafe_b64encode(json.dumps(_access(scope="coupons/admin")).encode()).rstrip(b"=")
+    return f"{header}.{payload.decode()}.{signature}"
+
+
+BAD_SERVER_TOKENS = {
+    "re-scoped (payload edited, signature kept)": _rescoped,
+    "a customer's own access token (customers' pool)": lambda: tokens.sign(_access(iss=tokens.ISSUER,
+                                                                                  client_id="web")),
+    "access token without a scope": lambda: tokens.sign({k: v for k, v in _access().items() if k != "scope"}),
+    "access token without a client": lambda: tokens.sign({k: v for k, v in _access().items() if k != "client_id"}),
+    "expired access token": lambda: tokens.sign(_access(exp=1_700_000_000, iat=1_699_990_000)),
+    "an ID token's claims marked access": lambda: tokens.sign({**_access(), "token_use": "refresh"}),
+    "an access token marked as an ID token (no aud)": lambda: tokens.sign(_access(token_use="id")),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_SERVER_TOKENS))
+def test_server_tokens_that_do_not_fit_are_401_and_change_nothing(stack: LocalStack, kind: str) -> None:
+    code = unique("BADTOK-")
+    coupon = stack.create_coupon(code=code, discount_value=10, uses_per_user=None)
+    token = BAD_SERVER_TOKENS[kind]()
+    for path in ("/coupons/validate", "/redemptions"):
+        result = as_server(stack, token, code, {"id": "c-1"}, path=path)
+        assert (result.status, result.error_code) == (401, "UNAUTHENTICATED"), (kind, result.body)
+    for method, path in (("GET", "/coupons"), ("GET", "/me/redemptions")):
+        assert stack.request(method, path, token=token).status == 401, (kind, path)
+    assert_conserved(stack, coupon["id"], 0)
+
+
+def test_the_cli_prints_access_tokens_shaped_like_cognitos(stack: LocalStack) -> None:
+    import jwt
+
+    printed = stack.cli("token", "--client", "crm", "--scope", "coupons/admin", "--scope", "coupons/checkout")
+    claims = jwt.decode(printed.stdout.strip(), options={"verify_signature": False})
+    assert claims["token_use"] == "access" and claims["client_id"] == claims["sub"] == "crm"
+    assert claims["scope"] == "coupons/admin coupons/checkout" and "aud" not in claims and "email" not in claims
+    assert jwt.get_unverified_header(printed.stdout.strip())["alg"] == "RS256"
+    default = stack.cli("token", "--client", "pos").stdout.strip()
+    assert jwt.decode(default, options={"verify_signature": False})["scope"] == "coupons/checkout"
+    for wrong in (["--client", "pos", "--email", "a@b.com"], ["--client", "pos", "--admin"],
+                  ["--user", "ann", "--scope", "coupons/admin"], ["--client", "pos", "--scope", "coupons/root"],
+                  ["--client", "pos", "--user", "ann"]):
+        assert stack.cli("token", *wrong, check=False).returncode != 0, wrong
