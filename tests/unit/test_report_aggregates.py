@@ -25,9 +25,9 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
-from coupons import reports
+from coupons import report_files, report_range, reports
 from coupons.adapters.checkout_store import fraud_flag
-from coupons.errors import TryAgain
+from coupons.errors import TryAgain, ValidationFailed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -90,9 +90,8 @@ class Store:
         self.days: dict[date, str] = {}
         self.saves: Counter[date] = Counter()
 
-    def load(self, first: date, last: date) -> dict[date, reports.Aggregate]:
-        return {day: reports.Aggregate.from_dict(json.loads(text))
-                for day, text in self.days.items() if first <= day <= last}
+    def load(self, first: date, last: date) -> dict[date, reports.KeptDay]:
+        return {day: reports.kept_day(json.loads(text)) for day, text in self.days.items() if first <= day <= last}
 
     def save(self, day: date, aggregate: reports.Aggregate) -> None:
         self.days[day] = json.dumps(aggregate.to_dict())
@@ -161,13 +160,13 @@ def test_a_365_day_range_reads_raw_redemptions_only_for_today_once_the_daily_job
     store = Store()
     for n in range(364):
         day = YEAR_START + timedelta(days=n)
-        ran = reports.daily_report(source, Sink(), day, store=store, now=moment(day + timedelta(days=1), 1))
+        ran = report_files.daily_report(source, Sink(), day, store=store, now=moment(day + timedelta(days=1), 1))
         assert ran["aggregate_stored"] is True
-    expected = reports.summary(source, YEAR_START, TODAY)  # every day re-read: the old way
+    expected = report_range.summary(source, YEAR_START, TODAY)  # every day re-read: the old way
 
     # When finance asks for the whole year at noon today
     source.raw_reads.clear()
-    body = reports.summary(source, YEAR_START, TODAY, store=store, now=moment(TODAY, 12))
+    body = report_range.summary(source, YEAR_START, TODAY, store=store, now=moment(TODAY, 12))
 
     # Then the answer is exactly the full re-read, and only today was read raw
     assert body == expected
@@ -179,16 +178,17 @@ def test_days_without_an_aggregate_are_computed_live_and_kept_once_they_are_over
     # Given a year in which the daily job never ran (a new deployment, or a gap)
     source = busy_year()
     store = Store()
-    expected = reports.summary(source, YEAR_START, TODAY)
+    expected = report_range.summary(source, YEAR_START, TODAY)
+    expected_first = report_range.summary(source, YEAR_START, TODAY - timedelta(days=1))
 
     # When the year is asked for twice, a minute after midnight and ten minutes later
-    first = reports.summary(source, YEAR_START, TODAY - timedelta(days=1), store=store, now=moment(TODAY, 0, 1))
+    first = report_range.summary(source, YEAR_START, TODAY - timedelta(days=1), store=store, now=moment(TODAY, 0, 1))
     kept_first = set(store.days)
     source.raw_reads.clear()
-    second = reports.summary(source, YEAR_START, TODAY, store=store, now=moment(TODAY, 0, 10))
+    second = report_range.summary(source, YEAR_START, TODAY, store=store, now=moment(TODAY, 0, 10))
 
     # Then both are exact; yesterday was not kept at 00:01 (a late write may still land) but was at 00:10
-    assert first == reports.summary(source, YEAR_START, TODAY - timedelta(days=1))
+    assert first == expected_first
     assert second == expected
     assert TODAY - timedelta(days=1) not in kept_first and len(kept_first) == 363
     assert dict(source.raw_reads) == {TODAY - timedelta(days=1): 1, TODAY: 1}
@@ -203,22 +203,22 @@ def test_a_day_is_never_kept_before_it_is_over_and_settled() -> None:
     store = Store()
 
     # When the report is run early (today, and at 00:03), it is written but its aggregate is not kept
-    assert reports.daily_report(source, Sink(), TODAY, store=store, now=moment(TODAY, 9))["aggregate_stored"] is False
-    early = reports.daily_report(source, Sink(), day, store=store, now=moment(TODAY, 0, 3))
+    assert report_files.daily_report(source, Sink(), TODAY, store=store, now=moment(TODAY, 9))["aggregate_stored"] is False
+    early = report_files.daily_report(source, Sink(), day, store=store, now=moment(TODAY, 0, 3))
     assert early["aggregate_stored"] is False and store.days == {}
     source.redeem("r-late", at(day, 23, 59, 59))
 
     # Then the day's figures, once settled, include the late write
-    assert reports.is_settled(day, moment(TODAY, 0, 5)) and not reports.is_settled(day, moment(TODAY, 0, 4))
-    body = reports.summary(source, day, day, store=store, now=moment(TODAY, 0, 6))
+    assert report_range.is_settled(day, moment(TODAY, 0, 5)) and not report_range.is_settled(day, moment(TODAY, 0, 4))
+    body = report_range.summary(source, day, day, store=store, now=moment(TODAY, 0, 6))
     assert body["redemptions"] == 2 and day in store.days
-    assert reports.summary(source, day, day, store=store, now=moment(TODAY, 1))["redemptions"] == 2
+    assert report_range.summary(source, day, day, store=store, now=moment(TODAY, 1))["redemptions"] == 2
 
 
 def test_days_after_tomorrow_are_not_read_at_all() -> None:
     source = Source()
     source.redeem("r-1", at(TODAY, 10))
-    body = reports.summary(source, TODAY, TODAY + timedelta(days=200), store=Store(), now=moment(TODAY, 12))
+    body = report_range.summary(source, TODAY, TODAY + timedelta(days=200), store=Store(), now=moment(TODAY, 12))
     assert body["redemptions"] == 1
     assert set(source.raw_reads) == {TODAY, TODAY + timedelta(days=1)}  # tomorrow: clocks a little ahead
 
@@ -236,12 +236,12 @@ def test_a_range_too_slow_to_compute_answers_503_and_the_retry_continues_where_i
 
     source.redemptions = slow  # type: ignore[method-assign]
     first_day, last_day = TODAY - timedelta(days=60), TODAY - timedelta(days=1)
-    expected = reports.summary(source, first_day, last_day)
+    expected = report_range.summary(source, first_day, last_day)
     clock[0] = 0.0
 
     # When it is asked for, it says 503 with a Retry-After, having kept what it computed
     def ask() -> dict[str, Any]:
-        return reports.summary(source, first_day, last_day, store=store, now=moment(TODAY, 12), workers=2,
+        return report_range.summary(source, first_day, last_day, store=store, now=moment(TODAY, 12), workers=2,
                                budget_seconds=10, monotonic=lambda: clock[0])
 
     answers: list[dict[str, Any] | TryAgain] = []
@@ -258,6 +258,31 @@ def test_a_range_too_slow_to_compute_answers_503_and_the_retry_continues_where_i
     assert 2 <= len(answers) <= 10
     assert answers[-1] == expected
     assert all(n == 1 for n in store.saves.values()) and len(store.saves) == 60
+
+
+def test_a_range_with_more_coupon_days_than_one_answer_can_rank_is_refused_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a year of personal codes (every redemption a different coupon) kept day by day
+    source = busy_year()
+    for n, item in enumerate(source.items):
+        item["coupon_id"] = f"personal-{n}"
+    store = Store()
+    for n in range(364):
+        day = YEAR_START + timedelta(days=n)
+        report_files.daily_report(source, Sink(), day, store=store, now=moment(day + timedelta(days=1), 1))
+    monkeypatch.setattr(report_range, "MAX_COUPON_DAYS", 200)
+    source.raw_reads.clear()
+
+    # When the year is asked for, it is a 400 naming a range that fits, before any live read
+    with pytest.raises(ValidationFailed) as refused:
+        report_range.summary(source, YEAR_START, TODAY, store=store, now=moment(TODAY, 12))
+    assert refused.value.details and refused.value.details[0]["field"] == "to"
+    assert "ask for at most" in refused.value.details[0]["message"]
+    assert not source.raw_reads
+
+    # And a range within the limit is answered, exactly
+    body = report_range.summary(source, TODAY - timedelta(days=60), TODAY, store=store, now=moment(TODAY, 12))
+    assert body == report_range.summary(source, TODAY - timedelta(days=60), TODAY)
 
 
 event = st.tuples(st.integers(0, 5), st.integers(0, 23), st.integers(1, 10**7), st.sampled_from(["USD", "EUR"]),
@@ -295,18 +320,18 @@ def test_a_summary_from_aggregates_is_exactly_a_full_re_read(
     for d in sorted(stored):
         day = base + timedelta(days=d)
         run_at = min(now, moment(day + timedelta(days=1), 1))
-        reports.daily_report(source, Sink(), day, store=store, now=run_at)
+        report_files.daily_report(source, Sink(), day, store=store, now=run_at)
     start = base + timedelta(days=first)
     end = start + timedelta(days=length)
 
     # When the range is summarised with the aggregates, twice (the first answer may keep more days)
-    once = reports.summary(source, start, end, store=store, now=now)
-    twice = reports.summary(source, start, end, store=store, now=now)
+    once = report_range.summary(source, start, end, store=store, now=now)
+    twice = report_range.summary(source, start, end, store=store, now=now)
 
     # Then both are exactly the full re-read, and no unfinished day was ever kept
-    expected = reports.summary(source, start, end)
+    expected = report_range.summary(source, start, end)
     assert once == expected and twice == expected
-    assert all(reports.is_settled(day, now) for day in store.days)
+    assert all(report_range.is_settled(day, now) for day in store.days)
 
 
 # --- finding 5: suspicious is capped, counted, and complete in the daily files --------------------
@@ -316,7 +341,7 @@ def guessing_campaign(day: date, flags: int) -> Source:
     """30 proxy IPs guessing all day: lockouts for every user and IP that crosses a limit."""
     source = Source()
     for n in range(flags):
-        subject, scope = (f"203.0.113.{n % 30}", "ip") if n % 10 == 0 else (f"guesser-{n}", "user")
+        subject, scope = (f"203.0.113.{n // 10 % 30}", "ip") if n % 10 == 0 else (f"guesser-{n}", "user")
         source.flags[day].append(flag(day, subject, scope=scope, count=11 + (n * 7919) % 500,
                                       hh=(n // 2000) % 24, bucket=n // 30))
     source.failed[day] = flags * 10
@@ -329,7 +354,7 @@ def test_a_guessing_campaign_s_47000_flags_do_not_make_the_summary_body_unbounde
     source = guessing_campaign(day, 47_000)
 
     # When finance asks for that day
-    body = reports.summary(source, day, day)
+    body = report_range.summary(source, day, day)
 
     # Then the body carries the top flags by count and says how many there were, far below 6 MB
     size = len(json.dumps(body))
@@ -345,15 +370,15 @@ def test_the_daily_files_have_every_flag_and_summary_json_the_capped_body() -> N
     day = TODAY - timedelta(days=1)
     source = guessing_campaign(day, 47_000)
     sink = Sink()
-    result = reports.daily_report(source, sink, day)
-    keys = reports.report_keys(day)
+    result = report_files.daily_report(source, sink, day)
+    keys = report_files.report_keys(day)
     rows = list(csv.DictReader(io.StringIO(sink.objects[keys["suspicious"]].decode())))
     assert len(rows) == 47_000 == result["suspicious"]
-    assert list(rows[0]) == list(reports.SUSPICIOUS_COLUMNS)
+    assert list(rows[0]) == list(report_files.SUSPICIOUS_COLUMNS)
     assert Counter(r["scope"] for r in rows) == Counter(user=42_300, ip=4_700)
     assert {r["ip"] for r in rows if r["scope"] == "ip"} == {f"203.0.113.{n}" for n in range(30)}
     summary = json.loads(sink.objects[keys["summary"]])
-    assert summary == reports.summary(source, day, day)
+    assert summary == report_range.summary(source, day, day)
     assert summary["suspicious_count"] == 47_000 and len(summary["suspicious"]) == reports.SUSPICIOUS_LIMIT
 
 
@@ -362,8 +387,8 @@ def test_a_flag_s_text_cannot_become_a_spreadsheet_formula() -> None:
     source = Source()
     source.flags[day].append(flag(day, "=HYPERLINK(\"http://x\")"))
     sink = Sink()
-    reports.daily_report(source, sink, day)
-    rows = list(csv.DictReader(io.StringIO(sink.objects[reports.report_keys(day)["suspicious"]].decode())))
+    report_files.daily_report(source, sink, day)
+    rows = list(csv.DictReader(io.StringIO(sink.objects[report_files.report_keys(day)["suspicious"]].decode())))
     assert rows[0]["user_id"] == "'=HYPERLINK(\"http://x\")"
 
 
@@ -381,9 +406,9 @@ def test_the_capped_list_of_a_range_is_the_top_of_all_its_flags(flags: list[tupl
     reports.SUSPICIOUS_LIMIT = limit
     try:
         for d in range(0, 5, 2):  # some days from aggregates, the others live
-            reports.daily_report(source, Sink(), base + timedelta(days=d), store=store,
+            report_files.daily_report(source, Sink(), base + timedelta(days=d), store=store,
                                  now=moment(base + timedelta(days=d + 1), 1))
-        body = reports.summary(source, base, base + timedelta(days=4), store=store, now=moment(base, 0) +
+        body = report_range.summary(source, base, base + timedelta(days=4), store=store, now=moment(base, 0) +
                                timedelta(days=30))
     finally:
         reports.SUSPICIOUS_LIMIT = original
@@ -430,12 +455,12 @@ def test_a_day_bigger_than_the_old_spool_is_written_with_tmp_full(monkeypatch: p
     sink = Sink()
 
     # When the daily report runs
-    result = reports.daily_report(BigDay(day, 80_000), sink, day)
+    result = report_files.daily_report(BigDay(day, 80_000), sink, day)
 
     # Then the CSV went to the sink as a stream of bounded writes, and reconciles with summary.json
-    data = sink.objects[reports.report_keys(day)["csv"]]
+    data = sink.objects[report_files.report_keys(day)["csv"]]
     assert len(data) > 9_000_000 and result["rows"] == 80_000
-    assert max(sink.writes[reports.report_keys(day)["csv"]]) <= 1_000_000
-    summary = json.loads(sink.objects[reports.report_keys(day)["summary"]])
+    assert max(sink.writes[report_files.report_keys(day)["csv"]]) <= 1_000_000
+    summary = json.loads(sink.objects[report_files.report_keys(day)["summary"]])
     rows = list(csv.DictReader(io.StringIO(data.decode())))
     assert sum(int(r["discount_amount"]) for r in rows) == summary["discount_totals"]["USD"]
