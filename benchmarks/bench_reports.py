@@ -344,10 +344,12 @@ def _year(source: Any, store: Any, tables: Tables, day_totals: dict[str, int], o
         "  Queries: today's day index (16 partitions + 2 guards)": year_to_today["live"],
         "  peak Python heap (MB)": round(year_to_today["peak"] / 1e6, 1),
         "365-day summary ending yesterday, all 365 days kept, wall (s)": round(year_kept["wall"], 2),
+        "  CPU (s) ": round(year_kept["cpu"], 2),
         "  Queries (all on kept days) ": year_kept["kept"],
         "  peak Python heap (MB) ": round(year_kept["peak"] / 1e6, 1),
         f"same, {CHURN_COUPONS} different coupons every day (1.8 M in the year), wall (s)":
             round(churned["wall"], 2),
+        "  CPU (s)  ": round(churned["cpu"], 2),
         "  Queries  ": churned["kept"],
         "  peak Python heap (MB)  ": round(churned["peak"] / 1e6, 1),
         "before (every day re-read): Queries for 365 days (one day's x 365)": one_day["queries"] * RANGE_DAYS,
