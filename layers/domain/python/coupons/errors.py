@@ -60,6 +60,10 @@ class IdempotencyConflict(DomainError):
     status, code, message = 409, "IDEMPOTENCY_CONFLICT", "This order_id was already used with a different order."
 
 
+class AlreadyRolledBack(DomainError):
+    status, code, message = 409, "ALREADY_ROLLED_BACK", "This order's redemption was rolled back."
+
+
 class RuleViolation(DomainError):
     """The code exists but this order may not use it (422)."""
 
@@ -102,3 +106,10 @@ RULE_MESSAGES: dict[str, str] = {
 
 def rule_violation(code: str, details: list[Any] | None = None) -> RuleViolation:
     return RuleViolation(code, RULE_MESSAGES[code], details=details)
+
+
+# --- issue 11 (h-input): a malformed campaign id is not found, like an unknown one -------------------
+
+
+class CampaignNotFound(DomainError):
+    status, code, message = 404, "CAMPAIGN_NOT_FOUND", "No such campaign."
