@@ -19,8 +19,9 @@ from coupons.adapters.report_store import S3ReportSink, default_source
 from coupons.clock import iso, utcnow
 from coupons_infra import resources as r
 from coupons_local.gateway import FunctionHost
+from coupons_local.tokens import ADMIN_ISSUER
 
-ADMIN = {"sub": "finance-1", "cognito:groups": "coupon-admins"}
+ADMIN = {"sub": "finance-1", "cognito:groups": "coupon-admins", "iss": ADMIN_ISSUER}  # the admin pool's token
 
 
 def seed(table: str, day: date, n: int, *, coupon: str = "c-1", amount: int = 250, rolled_back_on: date | None = None,
