@@ -804,3 +804,32 @@ def test_usage_plans_warn_at_synth_time_that_they_are_not_enforced(synth: Synth)
     warnings = [str(entry.data) for construct in synth.stack.node.find_all() for entry in construct.node.metadata
                 if entry.type == "aws:cdk:warning"]
     assert any("usage plans" in w and "require_api_keys" in w for w in warnings), warnings
+
+
+def test_report_aggregates_table_is_written_by_the_daily_job_and_read_and_filled_by_the_summary(
+        synth: Synth) -> None:
+    # Issue 17: kept per-day aggregates. No stream (nothing publishes from it), no TTL (kept days stay).
+    table = synth.stack.data.tables["reports"]
+    props = synth.resource(table)["Properties"]
+    assert "StreamSpecification" not in props and "TimeToLiveSpecification" not in props
+    table_id = synth.logical_id(table)
+
+    def actions(function: str) -> set[str]:
+        role_id = synth.logical_id(synth.stack.functions.roles[function])
+        return {a for s in role_statements(synth, role_id) if mentions(s["Resource"], table_id)
+                for a in as_list(s["Action"])}
+
+    job, api = actions("daily_report"), actions("reports")
+    assert {"dynamodb:PutItem", "dynamodb:BatchWriteItem", "dynamodb:DeleteItem"} <= job
+    assert not {"dynamodb:Query", "dynamodb:GetItem", "dynamodb:Scan"} & job  # the job only writes
+    assert {"dynamodb:Query", "dynamodb:PutItem", "dynamodb:BatchWriteItem", "dynamodb:DeleteItem"} <= api
+    assert "dynamodb:Scan" not in api
+    for function in r.FUNCTIONS:
+        if function.name not in ("daily_report", "reports"):
+            assert not actions(function.name), function.name
+    # The reports bucket grant covers multipart uploads (AbortMultipartUpload for a failed stream)
+    bucket_id = synth.logical_id(synth.stack.storage.buckets["reports"])
+    role_id = synth.logical_id(synth.stack.functions.roles["daily_report"])
+    s3_actions = {a for s in role_statements(synth, role_id) if mentions(s["Resource"], bucket_id)
+                  for a in as_list(s["Action"])}
+    assert {"s3:PutObject", "s3:AbortMultipartUpload"} <= s3_actions and "s3:GetObject" not in s3_actions
