@@ -23,7 +23,10 @@ documentation: "the order of the items in the response is not guaranteed"). Here
 items come back shuffled, and, when `COUPONS_LOCAL_BATCH_UNPROCESSED` is a share above 0, that
 share of the calls answers only part of the request and returns the rest as `UnprocessedKeys`,
 as DynamoDB does under throttling or past 16 MB (see `BatchGetUnkindness`). Code that relied on
-the order or ignored UnprocessedKeys fails here as it would on AWS.
+the order or ignored UnprocessedKeys fails here as it would on AWS. Likewise S3: moto's ETag of a
+single-part object is the MD5 of its bytes, so two uploads of the same bytes had the same ETag;
+every bucket of this service is SSE-KMS on AWS, where the ETag is not an MD5 of the content, so
+here an object's ETag is salted per upload (`_upload_etag`): code keyed on ETags sees two.
 
 Derived from moto (Apache License 2.0), moto/dynamodb/models/__init__.py.
 """
@@ -31,6 +34,7 @@ Derived from moto (Apache License 2.0), moto/dynamodb/models/__init__.py.
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import random
 import threading
@@ -65,6 +69,10 @@ def apply() -> bool:
     DynamoHandler.batch_get_item = _unkind_batch_get_item  # type: ignore[method-assign]
     _partition_query.original = Table.query  # type: ignore[attr-defined]
     Table.query = _partition_query  # type: ignore[method-assign]
+    from moto.s3.models import FakeKey
+
+    _upload_etag.original = FakeKey.etag  # type: ignore[attr-defined]
+    FakeKey.etag = property(_upload_etag)  # type: ignore[method-assign,assignment]
     _applied = True
     return True
 
@@ -140,6 +148,18 @@ def _unkind_batch_get_item(self: Any) -> Any:
     if isinstance(answer, dict):
         unkindness.apply(self.body.get("RequestItems", {}), answer)
     return result
+
+
+def _upload_etag(self: Any) -> str:
+    """FakeKey.etag, as an SSE-KMS object's: not the MD5 of its bytes, and another one per upload.
+
+    Still 32 hex digits, computed once per stored object (so If-Match, listings and multipart parts
+    agree with it); multipart ETags (`<hex>-<parts>`, given by moto) are left as they are.
+    """
+    if self._etag is None:
+        _upload_etag.original.fget(self)  # type: ignore[attr-defined]  # moto's MD5, into self._etag
+        self._etag = hashlib.md5(bytes.fromhex(self._etag) + os.urandom(16), usedforsecurity=False).hexdigest()
+    return f'"{self._etag}"'
 
 
 def _partition_query(self: Any, *args: Any, **kwargs: Any) -> Any:

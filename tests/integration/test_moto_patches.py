@@ -261,3 +261,33 @@ def test_the_environment_sets_the_seed_and_the_share_of_partial_answers(monkeypa
     monkeypatch.delenv(moto_patches.BATCH_UNPROCESSED_ENV)
     default = moto_patches.BatchGetUnkindness.from_environment()
     assert default.unprocessed == 0.0 and default.seed != moto_patches.BatchGetUnkindness.from_environment().seed
+
+
+# --- S3 ETags as an SSE-KMS bucket gives them: not the content's MD5 ---------------------------------
+
+
+def test_the_same_bytes_uploaded_twice_get_two_etags_that_reads_agree_with() -> None:
+    import hashlib
+
+    assert moto_patches.apply()
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="etags")
+        body = b"code,discount_value\r\nA-1,10\r\n"
+        first = s3.put_object(Bucket="etags", Key="a.csv", Body=body)["ETag"]
+        second = s3.put_object(Bucket="etags", Key="b.csv", Body=body)["ETag"]
+        # Then neither is the MD5 of the bytes, and they differ
+        assert first != second and hashlib.md5(body, usedforsecurity=False).hexdigest() not in (first.strip('"'), second.strip('"'))
+        # and every read of the object agrees with its own ETag
+        assert s3.head_object(Bucket="etags", Key="a.csv")["ETag"] == first
+        assert s3.get_object(Bucket="etags", Key="a.csv", IfMatch=first)["Body"].read() == body
+        with pytest.raises(ClientError):
+            s3.get_object(Bucket="etags", Key="a.csv", IfMatch=second)
+        assert {o["Key"]: o["ETag"] for o in s3.list_objects_v2(Bucket="etags")["Contents"]} == \
+            {"a.csv": first, "b.csv": second}
+        # and a multipart upload still completes from its parts' ETags
+        upload = s3.create_multipart_upload(Bucket="etags", Key="m.csv")["UploadId"]
+        part = s3.upload_part(Bucket="etags", Key="m.csv", UploadId=upload, PartNumber=1, Body=body)["ETag"]
+        done = s3.complete_multipart_upload(Bucket="etags", Key="m.csv", UploadId=upload,
+                                            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part}]})
+        assert done["ETag"].endswith('-1"')
