@@ -157,8 +157,8 @@ def _upload_etag(self: Any) -> str:
     agree with it); multipart ETags (`<hex>-<parts>`, given by moto) are left as they are.
     """
     if self._etag is None:
-        _upload_etag.original.fget(self)  # type: ignore[attr-defined]  # moto's MD5, into self._etag
-        self._etag = hashlib.md5(bytes.fromhex(self._etag) + os.urandom(16), usedforsecurity=False).hexdigest()
+        content_md5 = str(_upload_etag.original.fget(self)).strip('"')  # type: ignore[attr-defined]
+        self._etag = hashlib.md5(bytes.fromhex(content_md5) + os.urandom(16), usedforsecurity=False).hexdigest()
     return f'"{self._etag}"'
 
 
