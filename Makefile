@@ -44,9 +44,11 @@ node_modules/.bin/cdk: package.json
 deploy: $(STAMP) node_modules/.bin/cdk
 	node_modules/.bin/cdk deploy --require-approval never $(CDK_ARGS)
 
+# The token reaches pytest through the environment (make exports command-line variables), never
+# through the recipe's text: neither make's echo nor `make -n` can show it.
 smoke: $(STAMP)
-	@test -n "$(API_URL)" || (echo "usage: make smoke API_URL=https://... TOKEN=..." && exit 2)
-	COUPONS_API_URL=$(API_URL) COUPONS_TOKEN=$(TOKEN) $(BIN)/python -m pytest -q tests/smoke
+	@test -n "$(API_URL)" -a -n "$${TOKEN:-}" || (echo "usage: make smoke API_URL=https://... TOKEN=..." && exit 2)
+	COUPONS_API_URL="$(API_URL)" COUPONS_TOKEN="$$TOKEN" $(BIN)/python -m pytest -q tests/smoke
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

@@ -51,7 +51,7 @@ class LocalStack:
     port: int
     process: subprocess.Popen[str]
     output: list[str] = field(default_factory=list)
-    _tokens: dict[tuple[str, str | None, bool], str] = field(default_factory=dict)
+    _tokens: dict[tuple[str, str | None, bool, bool], str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -63,10 +63,13 @@ class LocalStack:
     def info(self) -> dict[str, Any]:
         return dict(json.loads(self.cli("info", "--port", str(self.port)).stdout))
 
-    def token(self, user: str, *, email: str | None = None, admin: bool = False) -> str:
-        key = (user, email, admin)
+    def token(self, user: str, *, email: str | None = None, admin: bool = False,
+              email_verified: bool = True) -> str:
+        """`coupons-local token`: the email is verified unless `email_verified=False`."""
+        key = (user, email, admin, email_verified)
         if key not in self._tokens:
             args = ["token", "--user", user] + (["--email", email] if email else []) + (["--admin"] if admin else [])
+            args += [] if email_verified else ["--email-unverified"]
             self._tokens[key] = self.cli(*args).stdout.strip()
         return self._tokens[key]
 

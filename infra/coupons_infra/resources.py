@@ -298,5 +298,8 @@ SEED_OPTIONS = {
     for key in (
         "coupon_id_format", "default_expiration_days", "max_discount_per_user", "discount_type",
         "allowed_domains", "failed_attempts_per_user", "failed_attempts_per_ip", "failed_attempt_window_seconds",
+        # Key rotation: raise it (`cdk deploy -c code_key_version=2`) and every function seals new codes
+        # under the new version while every older one stays live (coupons/crypto.py).
+        "code_key_version",
     )
 }

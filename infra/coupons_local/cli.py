@@ -62,7 +62,7 @@ Stop with Ctrl-C.""".rstrip()
 
 def _token(args: argparse.Namespace) -> int:
     for user in args.user:
-        print(tokens.issue(user, email=args.email, admin=args.admin))
+        print(tokens.issue(user, email=args.email, admin=args.admin, email_verified=not args.email_unverified))
     return 0
 
 
@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     token = commands.add_parser("token", help="print a bearer token any local stack of this checkout accepts")
     token.add_argument("--user", action="append", required=True)
     token.add_argument("--email")
+    token.add_argument("--email-unverified", action="store_true",
+                       help="the email is not verified (the service then ignores it, as on Cognito)")
     token.add_argument("--admin", action="store_true")
     token.set_defaults(func=_token)
 

@@ -13,7 +13,7 @@ DEMO_COUPONS: list[dict[str, Any]] = [
     {"code": "SAVE5", "discount_type": "FIXED", "discount_value": 500, "currency": "USD",
      "min_order_amount": 2000, "campaign_id": "demo", "metadata": {"note": "$5 off orders from $20"}},
     {"code": "SHOES-20", "discount_type": "PERCENT", "discount_value": 20, "max_discount_amount": 3000,
-     "applicable_categories": ["shoes"], "max_uses": 100, "campaign_id": "demo"},
+     "currency": "USD", "applicable_categories": ["shoes"], "max_uses": 100, "campaign_id": "demo"},
     {"code": "POS-ONLY", "discount_type": "PERCENT", "discount_value": 15, "channels": ["pos"],
      "campaign_id": "demo"},
     {"code": "STAFF30", "discount_type": "PERCENT", "discount_value": 30,

@@ -1,12 +1,13 @@
 """Local bearer tokens: HS256 JWTs signed with a per-checkout secret.
 
-They carry the claims a Cognito ID token carries (`sub`, `email`,
+They carry the claims a Cognito ID token carries (`sub`, `email`, `email_verified`,
 `cognito:groups`) and are verified as strictly as API Gateway's Cognito
 authorizer would: signature, algorithm, issuer, audience and expiry.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
@@ -40,8 +41,10 @@ def _secret() -> bytes:
     return path.read_text().strip().encode()
 
 
-def issue(user: str, *, email: str | None = None, admin: bool = False,
+def issue(user: str, *, email: str | None = None, admin: bool = False, email_verified: bool = True,
           lifetime: int = LIFETIME_SECONDS, groups: list[str] | None = None) -> str:
+    """A customer's ID token; its email is verified unless `email_verified=False` (the service
+    trusts only a verified email, as a Cognito user may type any address)."""
     now = int(time.time())
     claims: dict[str, Any] = {
         "sub": user,
@@ -55,6 +58,7 @@ def issue(user: str, *, email: str | None = None, admin: bool = False,
     }
     if email:
         claims["email"] = email
+        claims["email_verified"] = email_verified
     return jwt.encode(claims, _secret(), algorithm=ALGORITHM)
 
 
@@ -76,8 +80,10 @@ def verify(token: str) -> dict[str, Any]:
 
 
 def authorizer_claims(claims: dict[str, Any]) -> dict[str, str]:
-    """Claims as API Gateway's Cognito authorizer hands them to Lambda: all strings."""
-    out = {k: str(v) for k, v in claims.items() if k not in ("cognito:groups",)}
+    """Claims as API Gateway's Cognito authorizer hands them to Lambda: all strings, booleans
+    as JSON spells them (`"email_verified": "true"`)."""
+    out = {k: json.dumps(v) if isinstance(v, bool) else str(v) for k, v in claims.items()
+           if k not in ("cognito:groups",)}
     groups = claims.get("cognito:groups") or []
     if groups:
         out["cognito:groups"] = ",".join(str(g) for g in groups)

@@ -28,9 +28,9 @@ def at(**delta: float) -> str:
 
 
 def test_validate_quotes_the_discount_without_changing_anything(stack: LocalStack) -> None:
-    # Given 12.5% off shoes, capped at 30.00, on a two-category order
+    # Given 12.5% off shoes, capped at 30.00 USD, on a two-category order
     code = unique("SHOES-")
-    coupon = stack.create_coupon(code=code, discount_value=12.5, max_discount_amount=3000,
+    coupon = stack.create_coupon(code=code, discount_value=12.5, max_discount_amount=3000, currency="USD",
                                  applicable_categories=["shoes"], max_uses=10)
     basket = order(line("s1", "shoes", 4999, 2), line("h1", "hats", 1500))
     # When it is validated (in another spelling of the code)
@@ -65,7 +65,7 @@ RULES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("CHANNEL_NOT_ALLOWED", {"channels": ["pos", "mobile"]}, {}),
     ("DOMAIN_NOT_ALLOWED", {"allowed_domains": ["corp.example"]}, {}),
     ("CURRENCY_MISMATCH", {"discount_type": "FIXED", "discount_value": 100, "currency": "GBP"}, {}),
-    ("MIN_ORDER_NOT_MET", {"min_order_amount": 10001}, {}),
+    ("MIN_ORDER_NOT_MET", {"min_order_amount": 10001, "currency": "USD"}, {}),
     ("NOT_APPLICABLE", {"applicable_products": ["p9"], "applicable_categories": ["hats"]}, {}),
     ("NOT_APPLICABLE", {"excluded_categories": ["shoes"]}, {}),
 ]
@@ -101,7 +101,7 @@ def test_total_uses_then_uses_by_this_user(stack: LocalStack) -> None:
 
 def test_the_first_broken_rule_in_the_contracts_order_is_named(stack: LocalStack) -> None:
     code = unique("ORDER-")
-    stack.create_coupon(code=code, discount_value=5, channels=["pos"], min_order_amount=10**9,
+    stack.create_coupon(code=code, discount_value=5, channels=["pos"], min_order_amount=10**9, currency="USD",
                         allowed_domains=["corp.example"], applicable_products=["nothing"])
     assert validate(stack, customer(), code).error_code == "CHANNEL_NOT_ALLOWED"
     assert validate(stack, customer(), code, channel="pos").error_code == "DOMAIN_NOT_ALLOWED"

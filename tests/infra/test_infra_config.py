@@ -94,6 +94,25 @@ def test_seed_options_from_cdk_json_types_become_env_strings() -> None:
         "DEFAULT_DISCOUNT_TYPE": "PERCENT", "ALLOWED_DOMAINS": "", "FAILED_ATTEMPT_WINDOW_SECONDS": "60"}
 
 
+def test_the_code_key_version_comes_from_context_and_is_checked() -> None:
+    # Given an operator rotating the code key: `cdk deploy -c code_key_version=2` (a string) or cdk.json (an int)
+    for given in ("2", 2, " 2 "):
+        config = StackConfig.from_context({"code_key_version": given})
+        # Then every function's environment carries it, as the settings model reads it
+        assert config.code_key_version == 2
+        assert config.seed_environment == {"CODE_KEY_VERSION": "2"}
+    assert StackConfig.from_context({}).code_key_version == 1  # unset: the settings' default, version 1
+    assert "CODE_KEY_VERSION" not in StackConfig.from_context({}).seed_environment
+    # And the local stack reads the same variable from the environment of `coupons-local serve`
+    from coupons_local.stack import CONFIG_VARS
+
+    assert "CODE_KEY_VERSION" in CONFIG_VARS
+    # Anything but a whole number from 1 fails the synth, naming the key
+    for bad in ("0", "-1", "two", "1.5", True, 0):
+        with pytest.raises(ValueError, match="code_key_version"):
+            StackConfig.from_context({"code_key_version": bad})
+
+
 def test_bad_context_is_refused_at_synth_time() -> None:
     with pytest.raises(ValueError, match="unknown channel"):
         StackConfig.from_context({"channel_limits": {"kiosk": [1, 1, 1]}})

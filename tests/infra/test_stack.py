@@ -36,6 +36,7 @@ TEST_CONTEXT = {
     "default_expiration_days": 45,
     "allowed_domains": ["example.com", "shop.test"],
     "failed_attempts_per_user": 7,
+    "code_key_version": 3,  # a rotated code key (cdk.json says 1)
 }
 WILDCARD_RESOURCE_ACTIONS = {  # actions AWS offers no resource-level permissions for
     "xray:PutTraceSegments", "xray:PutTelemetryRecords", "dynamodb:ListStreams",
@@ -218,6 +219,14 @@ def test_openapi_document_is_public_and_admin_routes_are_not(synth: Synth) -> No
     public = {f"{route.method} {route.path}" for spec in r.FUNCTIONS for route in spec.routes if route.public}
     assert "GET /openapi.json" in public
     assert "POST /coupons" not in public
+
+
+def test_a_changed_email_is_kept_unverified_until_confirmed(synth: Synth) -> None:
+    # Issue 11: a shopper who changes their email to x@partner.com keeps the old, verified one (and
+    # email_verified true for it) until they confirm the new address; the service trusts only verified emails.
+    pool = synth.resource(synth.stack.api.user_pool)["Properties"]
+    assert pool["UserAttributeUpdateSettings"] == {"AttributesRequireVerificationBeforeUpdate": ["email"]}
+    assert pool["AutoVerifiedAttributes"] == ["email"]
 
 
 def test_user_pool_with_admin_group_and_three_channel_clients(synth: Synth) -> None:
@@ -528,10 +537,12 @@ def test_functions_get_the_seed_options_from_context_and_every_resource_name(syn
         assert env["DEFAULT_EXPIRATION_DAYS"] == "45"
         assert env["ALLOWED_DOMAINS"] == "example.com,shop.test"
         assert env["FAILED_ATTEMPTS_PER_USER"] == "7"
+        assert env["CODE_KEY_VERSION"] == "3"  # rotation: every function seals/looks up with the same version
         # ...and from cdk.json's.
         assert env["COUPON_ID_FORMAT"] == str(base["coupon_id_format"])
         assert env["DEFAULT_DISCOUNT_TYPE"] == str(base["discount_type"])
         assert env["MAX_DISCOUNT_PER_USER"] == str(base["max_discount_per_user"])
+        assert base["code_key_version"] == 1
         for table in r.TABLES:
             assert env[table.env] == {"Ref": synth.logical_id(synth.stack.data.tables[table.key])}
         for bucket in r.BUCKETS:
@@ -581,6 +592,22 @@ def test_a_function_without_grants_touches_only_its_logs_and_xray(synth: Synth) 
         actions = {a for s in role_statements(synth, role_id) for a in as_list(s["Action"])}
         assert actions == {"logs:CreateLogStream", "logs:PutLogEvents", "xray:PutTraceSegments",
                            "xray:PutTelemetryRecords"}
+
+
+def test_only_the_functions_that_create_codes_may_create_a_code_key_version(synth: Synth) -> None:
+    # validate and redeem get kms:Decrypt only: after a rotation they unwrap every stored version and
+    # never create one (coupons/crypto.py); the admin and bulk functions create the new version.
+    key_id = synth.logical_id(synth.stack.data.key)
+    creators = set()
+    for spec in r.FUNCTIONS:
+        role_id = synth.logical_id(synth.stack.functions.roles[spec.name])
+        code_key = [s for s in role_statements(synth, role_id) if mentions(s["Resource"], key_id)
+                    and "kms:EncryptionContext:purpose" in json.dumps(s.get("Condition", {}))]
+        if any("kms:GenerateDataKey" in as_list(s["Action"]) for s in code_key):
+            creators.add(spec.name)
+    assert creators == {f.name for f in r.FUNCTIONS if ("key", "kms", "generate") in f.grants}
+    assert {"admin", "csv_import", "generate_codes"} <= creators
+    assert not {"validate", "redeem"} & creators
 
 
 @pytest.mark.parametrize("spec", [f for f in r.FUNCTIONS if f.grants], ids=lambda f: f.name)

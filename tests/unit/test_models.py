@@ -124,3 +124,77 @@ class TestNormalise:
     @pytest.mark.parametrize("typed", ["", "ÄPFEL", "SUMMER\u200b25", "SUMMER;25", "x" * 201, "ѕummer25"])
     def test_non_codes_are_none(self, typed: str) -> None:
         assert normalise(typed) is None
+
+
+# --- issue 11: money thresholds need a currency; order subtotals are bounded ----------------------
+
+
+@pytest.mark.parametrize("threshold", [{"min_order_amount": 2000}, {"max_discount_amount": 500},
+                                       {"min_order_amount": 0, "max_discount_amount": 1}])
+def test_a_money_threshold_without_a_currency_is_refused_and_named(threshold: dict[str, int]) -> None:
+    with pytest.raises(ValidationFailed) as caught:
+        spec(discount_value=10, **threshold)
+    assert field_of(caught.value) == {"currency"}
+    assert caught.value.status == 400
+    assert spec(discount_value=10, currency="eur", **threshold).currency == "EUR"
+
+
+def test_a_merged_update_that_loses_the_currency_of_its_threshold_is_refused() -> None:
+    stored = {"discount_type": "PERCENT", "discount_value": 10, "starts_at": NOW,
+              "expires_at": NOW + timedelta(days=1), "min_order_amount": 100}
+    with pytest.raises(ValidationFailed) as caught:
+        checked_spec(stored)  # a stored coupon from before version 2, edited without giving a currency
+    assert field_of(caught.value) == {"currency"}
+    assert checked_spec({**stored, "currency": "USD"}).currency == "USD"
+
+
+def order_body(*amounts: tuple[int, int]) -> dict[str, Any]:
+    return {"code": "X", "channel": "web", "order": {"currency": "USD", "items": [
+        {"product_id": f"p{i}", "unit_price": price, "quantity": qty} for i, (price, qty) in enumerate(amounts)]}}
+
+
+def test_the_reported_huge_order_is_refused_naming_the_first_line_over_the_bound() -> None:
+    from coupons.models import ValidateRequest, validation_details
+
+    with pytest.raises(ValidationError) as caught:
+        ValidateRequest.model_validate(order_body(*[(10**12, 10**5)] * 500))
+    assert [d["field"] for d in validation_details(caught.value)] == ["order.items.0"]
+
+
+@pytest.mark.parametrize(("amounts", "field"), [
+    (((10**12, 1),), None),
+    (((10**7, 10**5),), None),
+    (((5 * 10**11, 1), (5 * 10**11, 1)), None),
+    (((10**7 + 1, 10**5),), "order.items.0"),
+    (((1, 1), (10**12, 2)), "order.items.1"),
+    (((5 * 10**11, 1), (5 * 10**11 + 1, 1)), "order.items"),
+    (((10**12, 1), (1, 1)), "order.items"),
+])
+def test_each_line_and_the_subtotal_are_at_most_10_to_the_12(amounts: tuple[tuple[int, int], ...],
+                                                              field: str | None) -> None:
+    from coupons.models import MAX_ORDER_SUBTOTAL, RedeemRequest, ValidateRequest, validation_details
+
+    assert MAX_ORDER_SUBTOTAL == 10**12
+    for model, extra in ((ValidateRequest, {}), (RedeemRequest, {"order_id": "o-1"})):
+        body = {**order_body(*amounts), **extra}
+        if field is None:
+            model.model_validate(body)
+            continue
+        with pytest.raises(ValidationError) as caught:
+            model.model_validate(body)
+        details = validation_details(caught.value)
+        assert [d["field"] for d in details] == [field]
+        assert "1000000000000" in details[0]["message"]
+
+
+@pytest.mark.parametrize(("depth", "ok"), [(16, True), (17, False), (40, False)])
+def test_metadata_nesting_is_bounded(depth: int, ok: bool) -> None:
+    nested: Any = 1
+    for _ in range(depth):
+        nested = {"n": nested}
+    if ok:
+        assert spec(discount_value=5, metadata=nested).metadata == nested
+    else:
+        with pytest.raises(ValidationError) as caught:
+            spec(discount_value=5, metadata=nested)
+        assert [e["loc"] for e in caught.value.errors()] == [("metadata",)]

@@ -139,8 +139,8 @@ def test_exclusions_beat_inclusions() -> None:
 
 
 def test_quote_on_a_mixed_order() -> None:
-    # Given 20% off shoes capped at 30.00, and an order of shoes and a hat
-    t = terms(discount_value=20, max_discount_amount=3000, applicable_categories=frozenset({"shoes"}))
+    # Given 20% off shoes capped at 30.00 (USD: a cap is an amount of money), and an order of shoes and a hat
+    t = terms(discount_value=20, max_discount_amount=3000, currency="USD", applicable_categories=frozenset({"shoes"}))
     lines = lines_of([{"product_id": "s1", "category": "shoes", "unit_price": 4999, "quantity": 2},
                       {"product_id": "h1", "category": "hats", "unit_price": 1500, "quantity": 1}])
     # When it is evaluated
@@ -172,8 +172,9 @@ RULES: list[tuple[str, dict[str, object], dict[str, object], dict[str, object]]]
 @settings(max_examples=300)
 @given(st.sets(st.integers(min_value=0, max_value=len(RULES) - 1), min_size=1))
 def test_the_first_failing_rule_in_the_contracts_order_wins(broken: set[int]) -> None:
-    # Given a coupon and an order that break any combination of rules
-    coupon_changes: dict[str, object] = {}
+    # Given a coupon (in the order's currency, as its minimum order amount requires) and an order
+    # that break any combination of rules
+    coupon_changes: dict[str, object] = {"currency": "USD"}
     attempt_changes: dict[str, object] = {}
     usage_changes: dict[str, object] = {}
     for index in sorted(broken):
@@ -244,3 +245,97 @@ def test_terms_from_a_stored_record() -> None:
     assert t.allowed_domains == {"example.com"}
     assert t.channels == {"web", "mobile", "pos"}
     assert t.applicable_products == frozenset()
+
+
+# --- issue 11: money amounts are in the coupon's currency; order subtotals are bounded --------------
+
+
+@pytest.mark.parametrize("threshold", [{"min_order_amount": 100}, {"max_discount_amount": 100}])
+def test_a_threshold_binds_a_percent_coupon_to_its_currency(threshold: dict[str, int]) -> None:
+    with pytest.raises(RuleViolation) as raised:
+        evaluate(terms(currency="EUR", **threshold), attempt(), Usage())  # a USD order
+    assert raised.value.code == "CURRENCY_MISMATCH"
+    assert evaluate(terms(currency="USD", **threshold), attempt(), Usage()).currency == "USD"
+
+
+@pytest.mark.parametrize("currency", ["USD", "EUR"])
+def test_a_stored_threshold_without_currency_matches_no_order(currency: str) -> None:
+    # Coupons stored before version 2 may have a threshold and no currency: they fit no order.
+    for threshold in ({"min_order_amount": 0}, {"max_discount_amount": 10**12}):
+        with pytest.raises(RuleViolation) as raised:
+            evaluate(terms(currency=None, **threshold), attempt(currency=currency), Usage())
+        assert raised.value.code == "CURRENCY_MISMATCH"
+
+
+def test_the_currency_step_sits_between_domain_and_min_order() -> None:
+    t = terms(currency="EUR", min_order_amount=10**9, allowed_domains=frozenset({"corp.example"}))
+    with pytest.raises(RuleViolation) as raised:
+        evaluate(t, attempt(email_domain=None), Usage())
+    assert raised.value.code == "DOMAIN_NOT_ALLOWED"
+    with pytest.raises(RuleViolation) as raised:
+        evaluate(t, attempt(email_domain="corp.example"), Usage())
+    assert raised.value.code == "CURRENCY_MISMATCH"
+    with pytest.raises(RuleViolation) as raised:
+        evaluate(t, attempt(email_domain="corp.example", currency="EUR"), Usage())
+    assert raised.value.code == "MIN_ORDER_NOT_MET"
+
+
+BOUND = 10**12
+# Prices and quantities drawn from everywhere up to the model's own field limits, weighted to the bound
+UNIT_PRICES = st.one_of(st.integers(0, 10**6), st.integers(10**11, BOUND), st.just(BOUND),
+                        st.integers(BOUND // 10**5 - 2, BOUND // 10**5 + 2))
+QUANTITIES = st.one_of(st.integers(1, 10), st.integers(10**4, 10**5), st.just(10**5))
+ORDER_LINES = st.lists(st.tuples(st.sampled_from(["p1", "p2", "p3"]), st.sampled_from(["shoes", "hats"]),
+                                 UNIT_PRICES, QUANTITIES), min_size=1, max_size=12)
+COUPONS = st.one_of(
+    st.builds(lambda v, cap, cats: terms(discount_value=v, max_discount_amount=cap, currency="USD",
+                                         applicable_categories=cats),
+              PERCENTS, st.none() | st.integers(1, BOUND), st.frozensets(st.sampled_from(["shoes", "hats"]))),
+    st.builds(lambda v, cats: terms(discount_type="FIXED", discount_value=v, currency="USD",
+                                    applicable_categories=cats),
+              st.integers(1, BOUND), st.frozensets(st.sampled_from(["shoes", "hats"]))),
+)
+
+
+@settings(max_examples=400)
+@given(ORDER_LINES, COUPONS)
+def test_orders_within_the_bound_quote_within_it_and_orders_over_it_are_a_400(
+        raw_lines: list[tuple[str, str, int, int]], coupon: Terms) -> None:
+    from coupons.errors import ValidationFailed
+    from coupons.models import RedeemRequest, ValidateRequest, validation_details
+    from pydantic import ValidationError
+
+    items = [{"product_id": p, "category": c, "unit_price": price, "quantity": qty} for p, c, price, qty in raw_lines]
+    body = {"code": "X", "channel": "web", "order": {"currency": "USD", "items": items}}
+    within = all(price * qty <= BOUND for *_, price, qty in raw_lines) and \
+        sum(price * qty for *_, price, qty in raw_lines) <= BOUND
+    for model, extra in ((ValidateRequest, {}), (RedeemRequest, {"order_id": "o-1"})):
+        try:
+            request = model.model_validate({**body, **extra})
+        except ValidationError as error:
+            # Given an order over the bound, Then it is refused as a 400 naming the order's lines
+            assert not within
+            refused = ValidationFailed(details=validation_details(error))
+            assert refused.status == 400 and refused.code == "VALIDATION_ERROR"
+            assert [d["field"].startswith("order.items") for d in refused.details or []] == [True]
+            continue
+        # Given an order within the bound, Then every amount of the quote is within it too
+        assert within
+        lines = lines_of([i.model_dump() for i in request.order.items])
+        try:
+            quote = evaluate(coupon, attempt(lines), Usage())
+        except RuleViolation as violation:
+            assert violation.code == "NOT_APPLICABLE"
+            continue
+        assert 0 <= quote.discount_amount <= quote.eligible_subtotal <= quote.order_subtotal <= BOUND
+        assert 0 <= quote.total_after_discount <= BOUND
+
+
+def test_pricing_itself_refuses_an_order_over_the_bound() -> None:
+    # Defence in depth: a caller that skipped the request model still cannot price a huge order.
+    from coupons.errors import ValidationFailed
+
+    huge = tuple(Line(f"p{i}", "", 10**12, 10**5) for i in range(500))
+    with pytest.raises(ValidationFailed) as raised:
+        evaluate(terms(), attempt(huge), Usage())
+    assert raised.value.status == 400

@@ -53,9 +53,18 @@ def seed_environment(get: Callable[[str], Any]) -> dict[str, str]:
     return env
 
 
+def _key_version(value: Any) -> int:
+    """The code key version (CODE_KEY_VERSION): a whole number from 1; anything else fails the synth."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise ValueError(f"code_key_version={value!r}: expected a whole number from 1 (the active code key version)")
+    return int(text)
+
+
 @dataclass(frozen=True)
 class StackConfig:
     seed_environment: dict[str, str] = field(default_factory=dict)
+    code_key_version: int = 1  # also in seed_environment (CODE_KEY_VERSION) when set in context
     name_prefix: str = "coupons"  # physical names: buckets, bus, alias, API
     stage_name: str = "v1"
     web_origins: tuple[str, ...] = ("https://shop.example.com",)
@@ -92,8 +101,13 @@ class StackConfig:
                 raise ValueError(f"channel_limits: unknown channel {channel!r} (expected {CHANNELS})")
             channel_limits[channel] = (int(triple[0]), int(triple[1]), int(triple[2]))
         alarm_email = get("alarm_email")
+        environment = seed_environment(get)
+        key_version = pick("code_key_version", defaults.code_key_version, _key_version)
+        if get("code_key_version") is not None:
+            environment[r.SEED_OPTIONS["code_key_version"]] = str(key_version)
         return cls(
-            seed_environment=seed_environment(get),
+            seed_environment=environment,
+            code_key_version=key_version,
             name_prefix=pick("name_prefix", defaults.name_prefix, str),
             stage_name=pick("stage_name", defaults.stage_name, str),
             web_origins=pick("web_origins", defaults.web_origins, _as_list),

@@ -7,17 +7,21 @@ from datetime import datetime
 from typing import Any
 
 from .adapters.checkout_store import counted
-from .adapters.coupon_store import SPEC_FIELDS, CouponStore, StaleWrite
+from .adapters.coupon_store import OTHER_HASHES, SPEC_FIELDS, CouponStore, StaleWrite
 from .clock import utcnow
 from .codegen import generate_code, new_coupon_id
 from .codes import normalise
-from .crypto import CodeCipher
+from .crypto import CodeCipher, refreshed
 from .errors import CodeAlreadyExists, CouponNotFound, TryAgain, ValidationFailed
 from .models import CouponCreate, CouponUpdate, checked_spec, resolve_spec
 from .settings import Settings
 
 GENERATION_ATTEMPTS = 5
 EDIT_ATTEMPTS = 4
+# How stale a creating container's view of the stored key versions may be: one started before a
+# rotation (a bulk worker runs for up to 15 minutes) learns the new version within this long and
+# then guards its index too. One Query when due; KMS only for a version it has not unwrapped.
+KEYRING_RECHECK_SECONDS = 10.0
 
 
 def effective_status(record: dict[str, Any], now: datetime) -> str:
@@ -74,11 +78,12 @@ class AdminService:
         normalised = normalise(code)
         if normalised is None:  # the model already enforced the vanity rule
             raise ValidationFailed(details=[{"field": "code", "message": "not a valid code"}])
-        cipher = self._cipher()
+        cipher = refreshed(self._cipher, KEYRING_RECHECK_SECONDS)
         return {
             "code_hash": cipher.blind_index(normalised),
             "key_version": cipher.active_version,
             "code_ct": cipher.encrypt(code, coupon_id),
+            OTHER_HASHES: cipher.other_indexes(normalised),  # must be free: the store checks them atomically
         }
 
     def create(self, request: CouponCreate, actor: str) -> dict[str, Any]:

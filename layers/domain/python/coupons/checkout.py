@@ -39,7 +39,7 @@ from .adapters.checkout_store import (
 from .adapters.coupon_store import coupon_record
 from .clock import epoch, iso, parse_iso, utcnow
 from .codes import normalise
-from .crypto import CodeCipher
+from .crypto import CodeCipher, refreshed
 from .errors import (
     CouponNotFound,
     IdempotencyConflict,
@@ -385,10 +385,19 @@ class CheckoutService:
         verdict = self.policy.verdict(snapshot.user, snapshot.ip, now.timestamp())
         if verdict.locked:
             raise RateLimited(retry_after=verdict.retry_after)
+        if snapshot.coupon is None and self._keyring_was_stale():  # malformed too: one cost for every miss
+            return self._guarded_read(code, who, now, ip_users=ip_users)  # look again under every version
         if snapshot.coupon is None or not well_formed:
             self._failed_guess(who, now, snapshot, bucket)
             raise CouponNotFound()
         return snapshot
+
+    def _keyring_was_stale(self) -> bool:
+        """A function without kms:GenerateDataKey that started before the active key version existed
+        searched the older versions only. Before a miss counts as a failed guess, see whether that
+        version exists now (one Query; one KMS Decrypt if it does): its codes are then looked up too."""
+        cipher = self._cipher()
+        return not cipher.complete and refreshed(self._cipher).versions != cipher.versions
 
     def _failed_guess(self, who: Caller, now: datetime, snapshot: Snapshot, bucket: int) -> None:
         flags = [

@@ -102,3 +102,10 @@ RULE_MESSAGES: dict[str, str] = {
 
 def rule_violation(code: str, details: list[Any] | None = None) -> RuleViolation:
     return RuleViolation(code, RULE_MESSAGES[code], details=details)
+
+
+# --- issue 11 (h-input): a malformed campaign id is not found, like an unknown one -------------------
+
+
+class CampaignNotFound(DomainError):
+    status, code, message = 404, "CAMPAIGN_NOT_FOUND", "No such campaign."

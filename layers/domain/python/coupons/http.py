@@ -37,6 +37,9 @@ from .settings import get_settings
 
 SERVICE = "coupons"
 MAX_BODY_BYTES = 256 * 1024  # far above any coupon or order; API Gateway itself allows 10 MB
+# DynamoDB refuses items nested deeper than 32 levels, and no contract body nests past 6: deeper
+# JSON is refused before parsing (at ~1,000 levels json.loads itself raises RecursionError).
+MAX_JSON_DEPTH = 32
 SENSITIVE_KEYS = frozenset({"code", "codes", "plaintext", "authorization", "token", "body"})
 
 
@@ -80,6 +83,12 @@ class Identity:
         return self.email.rsplit("@", 1)[1].lower()
 
 
+def _verified(raw: Any) -> bool:
+    # Cognito's REST authorizer hands every claim over as a string ("true"/"false"); a token
+    # read directly carries a JSON boolean. Anything else (absent, "1", "yes") is not verified.
+    return raw is True or (isinstance(raw, str) and raw.strip().lower() == "true")
+
+
 def _groups(raw: Any) -> frozenset[str]:
     # Cognito's REST authorizer flattens the list claim to a string such as "[a, b]" or "a,b".
     if isinstance(raw, list | tuple):
@@ -96,9 +105,11 @@ def identity_of(app: Any) -> Identity:
     user_id = claims.get("sub")
     if not user_id:
         raise Unauthenticated()
+    # An unverified email is no email: the user pool lets shoppers type any address (issue 11).
+    email = claims.get("email") if _verified(claims.get("email_verified")) else None
     return Identity(
         user_id=str(user_id),
-        email=claims.get("email"),
+        email=str(email) if email else None,
         groups=_groups(claims.get("cognito:groups")),
         ip=context.identity.source_ip or "unknown",
         user_agent=(context.identity.user_agent or "")[:512],
@@ -122,20 +133,99 @@ def json_response(status: int, body: Any) -> Response:
     return Response(status_code=status, content_type="application/json", body=json.dumps(body, default=str))
 
 
+def _body_error(message: str, detail: str) -> ValidationFailed:
+    return ValidationFailed(message, details=[{"field": "body", "message": detail}])
+
+
+def _header(event: dict[str, Any], name: str) -> str | None:
+    for key, value in (event.get("headers") or {}).items():
+        if key.lower() == name:
+            return str(value) if value is not None else None
+    return None
+
+
+def _is_json(content_type: str | None) -> bool:
+    """`application/json`, with no charset or UTF-8 (JSON is UTF-8: RFC 8259); absent means JSON."""
+    if content_type is None or not content_type.strip():
+        return True
+    media, *params = content_type.split(";")
+    if media.strip().lower() != "application/json":
+        return False
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            return False
+    return True
+
+
+# Brackets kept (as one kind: depth is all that is measured), every other byte deleted.
+_AS_PARENS = bytes.maketrans(b"{[}]", b"(())")
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"{[}]")
+_TOO_MANY_OPEN = b"(" * (MAX_JSON_DEPTH + 1)
+# Both alternatives start with the literal \u, so the scan jumps from escape to escape.
+_LONE_SURROGATE = re.compile(
+    r"\\u(?:[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2}\\u)[dD][c-fC-F][0-9a-fA-F]{2})")
+
+
+def _too_deep(body: str) -> bool:
+    """Whether the JSON nests more than MAX_JSON_DEPTH containers, measured without parsing.
+
+    Escapes go first (escaped backslashes, then escaped quotes), so the quotes left delimit the
+    strings; outside them only brackets are kept, and innermost `()` pairs are peeled off one level
+    per pass (bytes.replace does not cascade). Each step is a C-speed pass over at most
+    MAX_BODY_BYTES; malformed text stops shrinking and is left to the parser's 400."""
+    unescaped = body.replace("\\\\", "").replace('\\"', "")
+    outside = "".join(unescaped.split('"')[0::2])
+    if not outside.isascii():  # outside strings JSON is ASCII: this is not JSON, the parser says so
+        return False
+    brackets = outside.encode("ascii").translate(_AS_PARENS, _NOT_BRACKETS)
+    if _TOO_MANY_OPEN in brackets:  # the usual attack, a plain chain, found in one pass
+        return True
+    for _ in range(MAX_JSON_DEPTH):
+        peeled = brackets.replace(b"()", b"")
+        if peeled == brackets:  # empty (shallow enough) or malformed
+            return False
+        brackets = peeled
+    return b"()" in brackets
+
+
 def body_rejection(event: dict[str, Any]) -> DomainError | None:
     """Bodies no route could accept, refused before parsing (Powertools' validation runs first
-    otherwise, and would crash on bytes that are not UTF-8 or unwrap a one-element array)."""
+    otherwise, and would crash on bytes that are not UTF-8, on multipart without a boundary or on
+    deep nesting, or would unwrap a one-element array)."""
     body = event.get("body")
+    # JSON in: form data, multipart (whose parser fails without a boundary) and other charsets are refused
+    if (event.get("httpMethod") in ("POST", "PUT") or body) and not _is_json(_header(event, "content-type")):
+        return _body_error("The body must be JSON (Content-Type: application/json, UTF-8).", "send application/json")
     if not body:
         return None
     if len(body) > MAX_BODY_BYTES:
         return PayloadTooLarge(details=[{"field": "body", "message": f"at most {MAX_BODY_BYTES} bytes"}])
     if event.get("isBase64Encoded"):
-        return ValidationFailed("The body must be UTF-8 JSON.", details=[{"field": "body", "message": "not UTF-8 text"}])
+        return _body_error("The body must be UTF-8 JSON.", "not UTF-8 text")
     if event.get("httpMethod") in ("POST", "PUT") and not body.lstrip().startswith("{"):
-        return ValidationFailed("The body must be a JSON object.",
-                                details=[{"field": "body", "message": "send a JSON object"}])
+        return _body_error("The body must be a JSON object.", "send a JSON object")
+    if _too_deep(body):
+        return _body_error("The body is nested too deeply.", f"at most {MAX_JSON_DEPTH} levels of nesting")
+    # A lone UTF-16 surrogate (raw, or the escape \ud800 alone) is no character: it cannot be stored,
+    # exported or published as UTF-8. Escaped backslashes go first: `"\\ud800"` is plain text.
+    if not body.isascii():
+        try:
+            body.encode("utf-8")
+        except UnicodeEncodeError:
+            return _body_error("The body must be valid UTF-8 text.", "contains a lone surrogate")
+    if "\\u" in body and _LONE_SURROGATE.search(body.replace("\\\\", "")):
+        return _body_error("The body must be valid UTF-8 text.", "contains a lone surrogate escape")
     return None
+
+
+def _plain_json_content_type(event: dict[str, Any]) -> None:
+    """A body let through is JSON: spell its type as Powertools matches it (case-sensitively),
+    so `Application/JSON; charset="UTF-8"` is parsed like `application/json`."""
+    headers = event.get("headers") or {}
+    for key in [k for k in headers if k.lower() == "content-type" and headers[k]]:
+        headers[key] = "application/json"
 
 
 def _proxy_error(error: DomainError) -> dict[str, Any]:
@@ -145,8 +235,20 @@ def _proxy_error(error: DomainError) -> dict[str, Any]:
     return {"statusCode": error.status, "headers": headers, "body": json.dumps(error.body())}
 
 
+class _Resolver(APIGatewayRestResolver):
+    """Powertools' resolver, with path parameters that take any character but `/`.
+
+    Its own pattern takes a fixed set (word characters and some punctuation), so an id holding a
+    backslash or a bidi control answered "no such route" although API Gateway had matched the
+    route. Every id now reaches its route, which answers a malformed one like an unknown one."""
+
+    @staticmethod
+    def _compile_regex(rule: str, base_regex: str = "^{}/*$") -> re.Pattern[str]:
+        return re.compile(base_regex.format(re.sub(r"<(\w+)>", r"(?P<\1>[^/]+)", rule)))
+
+
 def build_app(*routers: Router) -> APIGatewayRestResolver:
-    app = APIGatewayRestResolver(
+    app = _Resolver(
         enable_validation=True,
         response_validation_error_http_code=500,
         cors=CORSConfig(allow_origin="*", allow_headers=["Authorization", "Content-Type"], max_age=600),
@@ -190,6 +292,7 @@ def entry(app: APIGatewayRestResolver) -> Callable[[dict[str, Any], LambdaContex
         rejected = body_rejection(event)
         if rejected is not None:
             return _proxy_error(rejected)
+        _plain_json_content_type(event)
         try:
             return app.resolve(event, context)
         except Exception:  # a bug must still answer with the envelope, never a traceback

@@ -30,6 +30,7 @@ from pydantic import (
 from .codes import VANITY_CODE
 from .currencies import ISO_4217
 from .errors import ValidationFailed
+from .pricing import MAX_ORDER_SUBTOTAL  # the contract's bound on each line and on an order's items together
 from .settings import Settings
 
 Channel = Literal["web", "mobile", "pos"]
@@ -40,6 +41,7 @@ AdminSettableStatus = Literal["active", "disabled"]
 
 MAX_MONEY = 10**12  # a trillion minor units: far above any real order, far below int64
 MAX_METADATA_BYTES = 4096
+MAX_METADATA_DEPTH = 16  # well inside DynamoDB's 32 levels of nesting per item
 MAX_LIST_ITEMS = 1000
 
 _RFC3339 = re.compile(
@@ -115,7 +117,22 @@ def _vanity(value: str) -> str:
 VanityCode = Annotated[StrictStr, AfterValidator(_vanity)]
 
 
+def _depth(value: Any) -> int:
+    """Levels of objects and arrays in a JSON value (iterative: no recursion limit to hit)."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        node, level = pending.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        pending.extend((child, level + 1) for child in children)
+    return deepest
+
+
 def _metadata(value: dict[str, Any]) -> dict[str, Any]:
+    if _depth(value) > MAX_METADATA_DEPTH:
+        raise ValueError(f"must nest at most {MAX_METADATA_DEPTH} levels of objects and arrays")
     encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
     if len(encoded) > MAX_METADATA_BYTES:
         raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
@@ -220,6 +237,10 @@ class CouponSpec(BaseModel):
                 raise _field_error("currency", "required for a FIXED discount")
             if self.max_discount_amount is not None:
                 raise _field_error("max_discount_amount", "only caps a PERCENT discount")
+        if self.currency is None and (self.min_order_amount is not None or self.max_discount_amount is not None):
+            # An amount of money needs its currency (issue 11): else a threshold meant as 20.00 USD
+            # would apply as 20 yen or 20.00 EUR, whatever the order's currency.
+            raise _field_error("currency", "required with min_order_amount or max_discount_amount")
         if self.expires_at <= self.starts_at:
             raise _field_error("expires_at", "must be after starts_at")
         return self
@@ -246,8 +267,8 @@ def validation_details(error: ValidationError | Sequence[Any]) -> list[dict[str,
         location = [str(p) for p in loc]
         context = item.get("ctx") or {}
         inner = context.get("error")
-        if isinstance(inner, _FieldError):
-            details.append({"field": inner.field, "message": str(inner)})
+        if isinstance(inner, _FieldError):  # a model's cross-field check names its field inside the model
+            details.append({"field": ".".join([*location, inner.field]), "message": str(inner)})
             continue
         message = item.get("msg", "invalid").removeprefix("Value error, ")
         if item.get("type") == "extra_forbidden":
@@ -345,6 +366,19 @@ class OrderItem(_Strict):
 class Order(_Strict):
     currency: Currency
     items: Annotated[list[OrderItem], Field(min_length=1, max_length=500)]
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Order:
+        # Each field is bounded, but 500 lines x 10^12 x 10^5 is not: the subtotal is (issue 11).
+        subtotal = 0
+        for index, item in enumerate(self.items):
+            amount = item.unit_price * item.quantity
+            if amount > MAX_ORDER_SUBTOTAL:
+                raise _field_error(f"items.{index}", f"unit_price x quantity must be at most {MAX_ORDER_SUBTOTAL}")
+            subtotal += amount
+        if subtotal > MAX_ORDER_SUBTOTAL:
+            raise _field_error("items", f"the order subtotal must be at most {MAX_ORDER_SUBTOTAL} minor units")
+        return self
 
 
 class ValidateRequest(_Strict):

@@ -2,8 +2,8 @@
 
 Everything is integer minor units. The rules run in the contract's order:
 
-    exists -> status -> starts_at -> expires_at -> channel -> domain -> currency (FIXED only)
-    -> min order -> applicability -> total uses -> uses by this user
+    exists -> status -> starts_at -> expires_at -> channel -> domain -> currency (when the coupon
+    holds an amount of money) -> min order -> applicability -> total uses -> uses by this user
 
 and the first one that fails names the 422 code. "Exists" is the caller's business
 (a missing coupon never reaches this module).
@@ -17,7 +17,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from .errors import rule_violation
+from .errors import ValidationFailed, rule_violation
+
+MAX_ORDER_SUBTOTAL = 10**12  # the contract's bound; the request models refuse more first (400)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,12 @@ class Terms:
     excluded_categories: frozenset[str] = frozenset()
     channels: frozenset[str] = frozenset({"web", "mobile", "pos"})
     allowed_domains: frozenset[str] = frozenset()
+
+    @property
+    def holds_money(self) -> bool:
+        """A FIXED value or a threshold is an amount in the coupon's currency: other orders don't fit."""
+        return self.discount_type == "FIXED" or self.min_order_amount is not None \
+            or self.max_discount_amount is not None
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Terms:
@@ -189,6 +197,10 @@ def discount_for(terms: Terms, eligible: int) -> int:
 
 def check_terms(terms: Terms, attempt: Attempt) -> Quote:
     """Every rule that depends on the coupon and the order, not on how much it is used."""
+    subtotal = order_subtotal(attempt.lines)
+    if subtotal > MAX_ORDER_SUBTOTAL:  # defence in depth: never quote a discount on an unbounded order
+        raise ValidationFailed(details=[{"field": "order.items",
+                                         "message": f"the order subtotal must be at most {MAX_ORDER_SUBTOTAL}"}])
     if terms.status == "disabled":
         raise rule_violation("COUPON_DISABLED")
     if terms.status == "expired":
@@ -202,9 +214,9 @@ def check_terms(terms: Terms, attempt: Attempt) -> Quote:
     for allowed in (terms.allowed_domains, attempt.global_domains):
         if allowed and (attempt.email_domain or "").lower() not in allowed:
             raise rule_violation("DOMAIN_NOT_ALLOWED")
-    if terms.discount_type == "FIXED" and terms.currency != attempt.currency:
+    # A coupon stored before version 2 with a threshold but no currency matches no order (None != any).
+    if terms.holds_money and terms.currency != attempt.currency:
         raise rule_violation("CURRENCY_MISMATCH")
-    subtotal = order_subtotal(attempt.lines)
     if terms.min_order_amount is not None and subtotal < terms.min_order_amount:
         raise rule_violation("MIN_ORDER_NOT_MET")
     eligible = eligible_lines(attempt.lines, terms)

@@ -31,6 +31,12 @@ SPEC_FIELDS = (
 )
 
 
+# A record key that is never stored: the code's blind index under every other live key version.
+# Creating (or re-coding to) a code requires those items absent, in the same transaction, so one
+# code never lives under two versions (see coupons/crypto.py, key rotation).
+OTHER_HASHES = "other_code_hashes"
+
+
 def code_pk(code_hash: str) -> str:
     return f"CODE#{code_hash}"
 
@@ -46,6 +52,7 @@ def expiry_shard(coupon_id: str) -> int:
 def coupon_item(record: dict[str, Any]) -> dict[str, Any]:
     """The stored form of a coupon record (python values, not yet serialised)."""
     values = dict(record)
+    values.pop(OTHER_HASHES, None)
     created = values["created_at"]
     sort = f"{iso(created)}#{values['coupon_id']}"
     values.update(
@@ -72,6 +79,15 @@ def coupon_item(record: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def free_checks(table: str, record: dict[str, Any], *, own: str | None = None) -> list[dict[str, Any]]:
+    """ConditionChecks that the code is live under no other key version (`own`: the coupon's current
+    index, which a re-code moves away from in the same transaction)."""
+    return [{"ConditionCheck": {"TableName": table, "Key": key(code_pk(h), "COUPON"),
+                                "ConditionExpression": "attribute_not_exists(pk)",
+                                "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}}
+            for h in record.get(OTHER_HASHES) or () if h not in (own, record["code_hash"])]
+
+
 def coupon_record(item: Item) -> dict[str, Any]:
     """A stored coupon item back as a record with python types."""
     record = {k: v for k, v in item.items() if not k.startswith("gsi") and k not in ("pk", "sk", "entity")}
@@ -91,12 +107,15 @@ class DynamoKeyringStore:
         self._table = table
 
     def load_wrapped_keys(self) -> dict[int, bytes]:
-        page = self._db.query(
-            TableName=self._table,
-            KeyConditionExpression="pk = :pk",
-            ExpressionAttributeValues={":pk": {"S": "KEYRING"}},
-            ConsistentRead=True,
-        )
+        try:
+            page = self._db.query(
+                TableName=self._table,
+                KeyConditionExpression="pk = :pk",
+                ExpressionAttributeValues={":pk": {"S": "KEYRING"}},
+                ConsistentRead=True,
+            )
+        except ClientError as error:
+            raise translate(error) from error
         return {int(i["version"]["N"]): bytes(i["wrapped"]["B"]) for i in page.get("Items", [])}
 
     def save_wrapped_key(self, version: int, blob: bytes) -> bool:
@@ -209,6 +228,7 @@ class CouponStore:
                      "ConditionExpression": "attribute_not_exists(pk)"}},
             {"Put": {"TableName": self._table, "Item": to_item(pointer),
                      "ConditionExpression": "attribute_not_exists(pk)"}},
+            *free_checks(self._table, record),
         ])
 
     def replace(self, old: dict[str, Any], new: dict[str, Any]) -> None:
@@ -234,6 +254,7 @@ class CouponStore:
             {"Update": {"TableName": self._table, "Key": key(id_pk(new["coupon_id"]), "COUPON"),
                         "UpdateExpression": "SET code_hash = :h",
                         "ExpressionAttributeValues": {":h": to_value(new["code_hash"])}}},
+            *free_checks(self._table, new, own=old["code_hash"]),
         ])
 
     def delete(self, record: dict[str, Any], *, actor: str, at: datetime) -> None:
@@ -254,6 +275,9 @@ class CouponStore:
         except ClientError as error:
             if error_code(error) == "TransactionCanceledException":
                 reasons = [r.get("Code") for r in error.response.get("CancellationReasons", [])]
+                checks = [r for r, i in zip(reasons, items, strict=False) if "ConditionCheck" in i]
+                if "ConditionalCheckFailed" in checks:
+                    raise CodeAlreadyExists() from None  # the code is live under another key version
                 if reasons and reasons[0] == "ConditionalCheckFailed" and len(items) >= 2 and "Put" in items[0]:
                     raise CodeAlreadyExists() from None  # create: the code's item exists
                 if "ConditionalCheckFailed" in reasons and any("Delete" in i for i in items[:1]) and \

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.event_handler import Response
-from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
+from aws_lambda_powertools.event_handler.openapi.params import Body, Query
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 
 from ..adapters.report_store import default_source
@@ -13,10 +13,11 @@ from ..http import metrics, require_admin
 from ..models import CouponCreate, CouponPage, CouponUpdate, CouponView
 from ..reports import coupon_usage
 from ..wiring import admin_service
+from .ids import CouponIdParam
+from .ids import coupon_id as well_formed
 
 router = APIGatewayRouter()
 
-CouponId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
 _ERRORS: dict[int, Any] = {400: {"description": "VALIDATION_ERROR"}, 401: {"description": "UNAUTHENTICATED"},
            403: {"description": "FORBIDDEN"}}
 
@@ -47,8 +48,9 @@ def list_coupons(
 
 @router.get("/coupons/<coupon_id>", summary="Get a coupon", tags=["admin"],
             responses={404: {"description": "COUPON_NOT_FOUND"}, **_ERRORS})
-def get_coupon(coupon_id: CouponId) -> CouponView:
+def get_coupon(coupon_id: CouponIdParam) -> CouponView:
     require_admin(router)
+    coupon_id = well_formed(coupon_id)
     view = admin_service().get(coupon_id)
     view["usage"] = coupon_usage(view, default_source().last_redemption_at(coupon_id))  # issue 6
     return CouponView.model_validate(view)
@@ -57,14 +59,14 @@ def get_coupon(coupon_id: CouponId) -> CouponView:
 @router.put("/coupons/<coupon_id>", summary="Edit, pause or resume a coupon (partial)", tags=["admin"],
             responses={404: {"description": "COUPON_NOT_FOUND"}, 409: {"description": "CODE_ALREADY_EXISTS"},
                        **_ERRORS})
-def update_coupon(coupon_id: CouponId, body: Annotated[CouponUpdate, Body()]) -> CouponView:
+def update_coupon(coupon_id: CouponIdParam, body: Annotated[CouponUpdate, Body()]) -> CouponView:
     who = require_admin(router)
-    return CouponView.model_validate(admin_service().update(coupon_id, body, who.user_id))
+    return CouponView.model_validate(admin_service().update(well_formed(coupon_id), body, who.user_id))
 
 
 @router.delete("/coupons/<coupon_id>", summary="Delete a coupon (its history stays)", tags=["admin"],
                responses={204: {"description": "Deleted"}, 404: {"description": "COUPON_NOT_FOUND"}, **_ERRORS})
-def delete_coupon(coupon_id: CouponId) -> Response[str]:
+def delete_coupon(coupon_id: CouponIdParam) -> Response[str]:
     who = require_admin(router)
-    admin_service().delete(coupon_id, who.user_id)
+    admin_service().delete(well_formed(coupon_id), who.user_id)
     return Response(status_code=204, body="")

@@ -28,7 +28,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-cache",
 }
 
-AssetName = Annotated[str, Path(min_length=1, max_length=64)]
+AssetName = Annotated[str, Path()]  # any other name is simply not found (404), never a 400
 
 
 def _serve(file: console.StaticFile | None) -> Response[str]:

@@ -5,17 +5,18 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import Response
-from aws_lambda_powertools.event_handler.openapi.params import Body, Path
+from aws_lambda_powertools.event_handler.openapi.params import Body
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 
 from ..bulk_wiring import generation_service, job_service
 from ..generation import GenerationAccepted, GenerationRequest
 from ..http import metrics, require_admin
 from ..jobs import JobView
+from .ids import CampaignIdParam, JobIdParam
+from .ids import campaign_id as well_formed_campaign
 
 router = APIGatewayRouter()
 
-CampaignId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 _ERRORS: dict[int, Any] = {400: {"description": "VALIDATION_ERROR"}, 401: {"description": "UNAUTHENTICATED"},
            403: {"description": "FORBIDDEN"}}
 
@@ -27,11 +28,12 @@ _ERRORS: dict[int, Any] = {400: {"description": "VALIDATION_ERROR"}, 401: {"desc
              tags=["bulk"],
              responses={202: {"description": "The job was accepted",
                               "content": {"application/json": {"model": GenerationAccepted}}},
+                        404: {"description": "CAMPAIGN_NOT_FOUND (a malformed campaign id)"},
                         503: {"description": "TRY_AGAIN"}, **_ERRORS})
-def generate_codes(campaign_id: CampaignId,
+def generate_codes(campaign_id: CampaignIdParam,
                    body: Annotated[GenerationRequest, Body()]) -> Response[GenerationAccepted]:
     who = require_admin(router)
-    job_id = generation_service().start(campaign_id, body, who.user_id)
+    job_id = generation_service().start(well_formed_campaign(campaign_id), body, who.user_id)
     metrics.add_metric(name="GenerationJobsStarted", unit="Count", value=1)
     return Response(status_code=202, content_type="application/json", body=GenerationAccepted(job_id=job_id))
 
@@ -40,6 +42,6 @@ def generate_codes(campaign_id: CampaignId,
             description="`result` holds the counts; a finished generation job adds `export_key` and "
                         "`export_url` (a presigned GET, valid for an hour, made at each read).",
             responses={404: {"description": "JOB_NOT_FOUND"}, **_ERRORS})
-def get_job(job_id: str) -> JobView:
+def get_job(job_id: JobIdParam) -> JobView:
     require_admin(router)
     return JobView.model_validate(job_service().get(job_id))

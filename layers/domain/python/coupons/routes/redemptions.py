@@ -5,18 +5,18 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import Response
-from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
+from aws_lambda_powertools.event_handler.openapi.params import Body, Query
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 
 from ..http import identity_of, require_admin
 from ..models import RedeemRequest, RedemptionPage, RedemptionView
 from .checkout import CUSTOMER_ERRORS, checkout_service
+from .ids import CouponIdParam, RedemptionIdParam
+from .ids import coupon_id as well_formed
 
 router = APIGatewayRouter()
 
 # Any string: an id that is not one of ours is simply not found (404), like someone else's.
-RedemptionId = Annotated[str, Path(min_length=1, max_length=128)]
-CouponId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
 _NOT_FOUND: dict[int, Any] = {404: {"description": "REDEMPTION_NOT_FOUND (unknown, or not yours)"},
               400: {"description": "VALIDATION_ERROR"}, 401: {"description": "UNAUTHENTICATED"},
               503: {"description": "TRY_AGAIN (Retry-After)"}}
@@ -38,14 +38,14 @@ def redeem(body: Annotated[RedeemRequest, Body()]) -> Response[RedemptionView]:
 
 @router.get("/redemptions/<redemption_id>", summary="Get a redemption (its user or an admin)", tags=["checkout"],
             responses=_NOT_FOUND)
-def get_redemption(redemption_id: RedemptionId) -> RedemptionView:
+def get_redemption(redemption_id: RedemptionIdParam) -> RedemptionView:
     who = identity_of(router)
     return RedemptionView.model_validate(checkout_service().get_redemption(redemption_id, who))
 
 
 @router.post("/redemptions/<redemption_id>/rollback", summary="Roll a redemption back (gives its uses back once)",
              tags=["checkout"], responses=_NOT_FOUND)
-def rollback_redemption(redemption_id: RedemptionId) -> RedemptionView:
+def rollback_redemption(redemption_id: RedemptionIdParam) -> RedemptionView:
     who = identity_of(router)
     return RedemptionView.model_validate(checkout_service().rollback(redemption_id, who))
 
@@ -53,9 +53,10 @@ def rollback_redemption(redemption_id: RedemptionId) -> RedemptionView:
 @router.get("/coupons/<coupon_id>/redemptions", summary="A coupon's redemptions, newest first", tags=["admin"],
             responses={404: {"description": "COUPON_NOT_FOUND"}, 403: {"description": "FORBIDDEN"}, **_NOT_FOUND})
 def list_coupon_redemptions(
-    coupon_id: CouponId,
+    coupon_id: CouponIdParam,
     limit: Annotated[int, Query(ge=1, le=100)] = 25,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> RedemptionPage:
     require_admin(router)
-    return RedemptionPage.model_validate(checkout_service().list_redemptions(coupon_id, limit=limit, cursor=cursor))
+    return RedemptionPage.model_validate(checkout_service().list_redemptions(well_formed(coupon_id), limit=limit,
+                                                                             cursor=cursor))
