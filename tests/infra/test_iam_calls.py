@@ -12,8 +12,8 @@ stream -> publisher -> bus path. BatchGetItem answers unordered and often in par
 Then the CDK app is built and, per function:
 
 - each logged call becomes the authorisations IAM checks (tests/infra/iam_check.py) and each one
-  must be allowed by a statement of that function's role (resources mapped through resources.py,
-  the definitions the local stack and CDK share), except the KNOWN_DENIED entries below;
+  must be allowed by that function's role (resources mapped through resources.py, the definitions
+  the local stack and CDK share), except the DENIED_BY_DESIGN entries below;
 - each grant of the role (an action on a resource pattern) must be used by some call, or be in
   UNUSED_BY_DESIGN with the reason it is there.
 
@@ -47,16 +47,19 @@ os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
 ORDER = {"currency": "USD", "items": [{"product_id": "p1", "category": "shoes", "unit_price": 10_000,
                                        "quantity": 1}]}
 
-# Calls a function makes that its role does not allow. Each entry: (function, need pattern) -> why.
-# The test fails when one of these stops happening: then delete the entry.
-KNOWN_DENIED: dict[tuple[str, str], str] = {
+# Calls a function makes that its role does not allow, on purpose: AWS refuses them and the code
+# handles the refusal. Each entry: (function, need pattern) -> why. The test fails when one of these
+# stops happening: then delete the entry.
+DENIED_BY_DESIGN: dict[tuple[str, str], str] = {
     ("validate", "kms:GenerateDataKey on arn:key/data*"):
-        "a read-only function that finds no keyring tries to create it; on AWS the call is denied and it "
-        "falls back to a throwaway key (crypto.unwrap_keyring). h-keys removes the attempt.",
+        "a function without kms:GenerateDataKey that finds the active key version not stored yet tries "
+        "to create it; AWS refuses and it keeps a read-only keyring (crypto.unwrap_keyring). moto enforces "
+        "no IAM, so locally the attempt succeeds (validate runs first in the scenario; redeem would too)",
     ("validate", "dynamodb:PutItem on arn:table/coupons*"):
-        "the same attempt's second step (saving the wrapped key), reached locally only because moto "
-        "granted the GenerateDataKey that AWS refuses.",
+        "the same attempt's second step, saving the wrapped key: reached locally only because moto "
+        "granted the GenerateDataKey that AWS refuses",
 }
+
 
 # Grants no call of the scenario used, and why each is there. Patterns over Grant.label
 # ("<action> <resource>[ via <service>]", a table grant being "dynamodb:read"/"dynamodb:write"), per
@@ -296,12 +299,12 @@ def test_every_call_of_a_function_is_allowed_by_its_role(needs: dict[str, set[ia
         for need in wanted:
             if not iam_check.allowed(roles[function], need):
                 denied[(function, str(need))] = need
-    known = {key: [d for d in denied if d[0] == key[0] and iam_check.glob(key[1], d[1])] for key in KNOWN_DENIED}
+    known = {key: [d for d in denied if d[0] == key[0] and iam_check.glob(key[1], d[1])] for key in DENIED_BY_DESIGN}
     unexplained = sorted(d for d in denied if not any(d in matched for matched in known.values()))
     assert not unexplained, "calls the role does not allow (they fail on AWS):\n" + "\n".join(
         f"  {f}: {n}" for f, n in unexplained)
     gone = [key for key, matched in known.items() if not matched]
-    assert not gone, f"KNOWN_DENIED entries that no longer happen (delete them): {gone}"
+    assert not gone, f"DENIED_BY_DESIGN entries that no longer happen (delete them): {gone}"
 
 
 def test_every_grant_of_a_role_is_used_or_explained(needs: dict[str, set[iam_check.Need]],
