@@ -94,9 +94,6 @@ UNUSED_BY_DESIGN: dict[tuple[str, str], str] = {
     ("daily_report", "kms:Decrypt arn:key/data via s3"):
         "the parts of a multipart upload to an SSE-KMS bucket are decrypted to complete it",
     ("publisher", "dynamodb:ListStreams *"): "the stream event source mapping's grant (CDK grantStreamRead)",
-    ("publisher", "kms:D* arn:key/data"):
-        "CDK's grantStreamRead of a table under a customer-managed key adds Decrypt and DescribeKey "
-        "(without a condition: see the report on issue 11)",
 }
 
 
@@ -328,8 +325,8 @@ def test_every_grant_of_a_role_is_used_or_explained(needs: dict[str, set[iam_che
 
 
 def test_no_stream_consumer_can_unwrap_the_code_keys(roles: dict[str, list[iam_check.Statement]]) -> None:
-    """The coupons stream carries the wrapped code keys and the codes' ciphertext; CDK's stream grant
-    adds kms:Decrypt on the data key without a condition. An explicit Deny keeps the code keys out."""
+    """The coupons stream carries the wrapped code keys and the codes' ciphertext: a stream consumer may
+    read the stream (DynamoDB decrypts it) but never unwrap a code key itself (issue 17, finding 4)."""
     unwrap = iam_check.Need("kms:Decrypt", "arn:key/data", (("kms:EncryptionContext:key_version", "1"),
                                                             ("kms:EncryptionContext:purpose", "coupon-codes")))
     stream_read = iam_check.Need("dynamodb:GetRecords", "arn:table/coupons/stream/STREAM")

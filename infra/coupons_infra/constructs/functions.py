@@ -186,13 +186,6 @@ class Functions(Construct):
             resources=[log_group.log_group_arn]))
         for grant in spec.grants:
             self._grant(spec, role, grant)
-        if spec.stream_tables and not any(kind == "key" for kind, _, _ in spec.grants):
-            # CDK's stream read grant on a table under the data key adds kms:Decrypt with no condition;
-            # the coupons stream carries the wrapped code keys (keyring items) and the codes' ciphertext,
-            # so that grant alone would let a stream consumer unwrap the code keys. It never may.
-            role.add_to_policy(iam.PolicyStatement(
-                sid="NeverTheCodeKeys", effect=iam.Effect.DENY, actions=list(CODE_KEY_ACTIONS.values()),
-                resources=[self.key.key_arn], conditions={"StringEquals": CODE_KEY_CONTEXT}))
         function = lambda_.Function(
             self, f"{ident}Function",
             description=spec.description[:256],
@@ -207,7 +200,7 @@ class Functions(Construct):
             role=role,
             log_group=log_group,
             tracing=lambda_.Tracing.ACTIVE,
-            reserved_concurrent_executions=getattr(spec, "reserved_concurrency", None),
+            reserved_concurrent_executions=self.config.reserved_concurrency.get(spec.name),
         )
         Validations.of(function).acknowledge(cdk.Acknowledgment(
             id="AwsSolutions-L1",
