@@ -25,10 +25,11 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from ..clock import epoch, iso, parse_iso
-from ..errors import CodeAlreadyExists, CouponNotFound
+from ..errors import CodeAlreadyExists, CouponNotFound, TryAgain
 from .dynamo import Item, error_code, from_item, key, paged_query, to_item, to_value, translate
 
 EXPIRY_SHARDS = 4
+BATCH_GET_ATTEMPTS = 4  # BatchGetItem calls for one read, while DynamoDB leaves keys unprocessed
 LIVE_STATUSES = ("active", "disabled")
 SPEC_FIELDS = (
     "discount_type", "discount_value", "currency", "max_discount_amount", "min_order_amount",
@@ -167,22 +168,33 @@ class CouponStore:
     # --- reads ---------------------------------------------------------------------------
 
     def get_by_indexes(self, code_hashes: list[str]) -> dict[str, Any] | None:
-        """The live coupon stored under any of these blind indexes (one round trip)."""
+        """The live coupon stored under any of these blind indexes (one round trip), the first index
+        given winning: BatchGetItem returns items in any order, and keys it left unprocessed are
+        asked again (issue 11: moto answered in order and whole, DynamoDB does neither)."""
         try:
             if len(code_hashes) == 1:
                 raw = self._db.get_item(TableName=self._table, Key=key(code_pk(code_hashes[0]), "COUPON"))
                 items = [raw["Item"]] if "Item" in raw else []
             else:
-                raw = self._db.batch_get_item(RequestItems={self._table: {
-                    "Keys": [key(code_pk(h), "COUPON") for h in code_hashes]}})
-                items = raw.get("Responses", {}).get(self._table, [])
+                items = self._batch_get([key(code_pk(h), "COUPON") for h in code_hashes])
         except ClientError as error:
             raise translate(error) from error
-        for item in items:
-            plain = from_item(item)
-            if plain is not None:
-                return coupon_record(plain)
+        found = {plain["pk"]: plain for plain in (from_item(item) for item in items) if plain is not None}
+        for code_hash in code_hashes:
+            if code_pk(code_hash) in found:
+                return coupon_record(found[code_pk(code_hash)])
         return None
+
+    def _batch_get(self, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        pending: dict[str, Any] = {self._table: {"Keys": keys}}
+        for _ in range(BATCH_GET_ATTEMPTS):
+            page = self._db.batch_get_item(RequestItems=pending)
+            items.extend(page.get("Responses", {}).get(self._table, []))
+            pending = page.get("UnprocessedKeys") or {}
+            if not pending:
+                return items
+        raise TryAgain(retry_after=1)  # still throttled after the retries
 
     def get_pointer(self, coupon_id: str) -> Item | None:
         try:
