@@ -158,6 +158,7 @@ DAILY_REPORT_SCHEDULE = Schedule("daily-report", "0 1 * * ? *", 86400,
                                  "01:00 UTC: the previous UTC day's finance report to the reports bucket")
 
 READ, WRITE, READWRITE = "read", "write", "readwrite"
+BATCHWRITE, READBATCHWRITE = "batchwrite", "readbatchwrite"  # writes that include BatchWriteItem
 _CODES = (("table", "coupons", READWRITE), ("key", "kms", "decrypt"), ("key", "kms", "generate"))
 
 FUNCTIONS: tuple[Function, ...] = (
@@ -234,7 +235,7 @@ FUNCTIONS: tuple[Function, ...] = (
         description="Daily finance report: CSVs, summary.json and chart to the reports bucket; keeps the day",
         memory_mb=1024,
         timeout_seconds=900,
-        grants=(("table", "guards", READ), ("bucket", "reports", WRITE), ("table", "reports", WRITE),
+        grants=(("table", "guards", READ), ("bucket", "reports", WRITE), ("table", "reports", BATCHWRITE),
                 ("index", "coupons", "gsi3"), ("index", "coupons", "gsi4")),  # redemptions, rollbacks by day
         schedule=DAILY_REPORT_SCHEDULE,
     ),
@@ -244,7 +245,7 @@ FUNCTIONS: tuple[Function, ...] = (
         routes=(Route("GET", "/reports/summary"),),
         memory_mb=2048,  # a year's range merges up to 2 million coupon-days: CPU-bound (2 GB = 1.15 vCPU)
         timeout_seconds=29,
-        grants=(("table", "guards", READ), ("table", "reports", READWRITE),
+        grants=(("table", "guards", READ), ("table", "reports", READBATCHWRITE),
                 ("index", "coupons", "gsi3"), ("index", "coupons", "gsi4")),  # redemptions, rollbacks by day
     ),
     # Bulk (issue 5): generation jobs and job status (API), CSV imports and code generation (SQS workers).

@@ -190,6 +190,12 @@ class Scenario:
         self.expire()
         ran = self.run_job("daily-report", {"date": self.day})
         assert ran and "error" not in ran, ran
+        # settled days: the summary computes and keeps them, then reads them kept; the daily job keeps its day
+        settled = [(datetime.now(UTC) - timedelta(days=n)).strftime("%Y-%m-%d") for n in (3, 2)]
+        for _ in range(2):
+            self.ok(self.admin("GET", f"/reports/summary?from={settled[0]}&to={settled[1]}"))
+        ran = self.run_job("daily-report", {"date": settled[1]})
+        assert ran and "error" not in ran, ran
         self.events_arrive()
 
     def import_csv(self, campaign: str) -> None:

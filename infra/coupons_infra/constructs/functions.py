@@ -39,8 +39,8 @@ ASSET_EXCLUDES = ["**/__pycache__", "**/*.pyc", "**/*.egg-info", "**/*.egg-info/
 CODE_KEY_CONTEXT = {"kms:EncryptionContext:purpose": "coupon-codes"}  # coupons/crypto.py's context
 
 # What the code calls (tests/infra/test_iam_calls.py holds every grant to a call or a reason): no Scan
-# (no request path scans), no DescribeTable or BatchWriteItem (never called). Indexes: Query only, and
-# only the indexes a function's grants name.
+# (no request path scans), no DescribeTable, and BatchWriteItem only where a grant asks for it (the
+# reports' kept days). Indexes: Query only, and only the indexes a function's grants name.
 TABLE_READ = ["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query"]
 TABLE_WRITE = ["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:ConditionCheckItem"]
 INDEX_READ = ["dynamodb:Query"]
@@ -59,7 +59,9 @@ QUEUE_CONSUME = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVi
                  "sqs:GetQueueAttributes"]
 CODE_KEY_ACTIONS = {"decrypt": "kms:Decrypt", "generate": "kms:GenerateDataKey", "encrypt": "kms:Encrypt"}
 TABLE_MODES = {"read": (TABLE_READ, TABLE_KEY_READ), "write": (TABLE_WRITE, TABLE_KEY_WRITE),
-               "readwrite": (sorted({*TABLE_READ, *TABLE_WRITE}), TABLE_KEY_WRITE)}
+               "readwrite": (sorted({*TABLE_READ, *TABLE_WRITE}), TABLE_KEY_WRITE),
+               "batchwrite": ([*TABLE_WRITE, "dynamodb:BatchWriteItem"], TABLE_KEY_WRITE),
+               "readbatchwrite": (sorted({*TABLE_READ, *TABLE_WRITE, "dynamodb:BatchWriteItem"}), TABLE_KEY_WRITE)}
 BUCKET_MODES: dict[str, tuple[list[str], list[str], bool]] = {  # object actions, key actions, list?
     "read": (S3_READ, S3_KEY_READ, True),
     "readversions": (S3_READ_VERSIONS, S3_KEY_READ, True),
