@@ -177,10 +177,14 @@ def unique(prefix: str = "T") -> str:
 
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """moto in-process, the local stack's resources, and the functions' environment."""
+    """moto in-process, the local stack's resources, and the functions' environment; patched as the
+    local stack's emulator is (BatchGetItem answers unordered, as DynamoDB's are)."""
     from coupons import wiring
+    from coupons_local import moto_patches
     from coupons_local.provision import function_environment, provision
     from moto import mock_aws
+
+    moto_patches.apply()
 
     for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)

@@ -80,9 +80,10 @@ class Function:
     routes: tuple[Route, ...] = ()
     memory_mb: int = 512
     timeout_seconds: int = 10
-    # What it may touch: ("table", key, "read"|"write"|"readwrite"),
+    # What it may touch: ("table", key, "read"|"write"|"readwrite"), ("index", table key, index name) (Query),
     # ("key", "kms", "encrypt"|"decrypt"|"generate") (on AWS only with EncryptionContext purpose=coupon-codes),
-    # ("bucket", key, "read"|"write"|"put"|"readwrite"|"delete", optionally ":<prefix>", e.g. "put:results/"),
+    # ("bucket", key, "read"|"readversions"|"write"|"put"|"readwrite"|"delete", optionally ":<prefix>",
+    # e.g. "put:results/"),
     # ("queue", key, "send"|"consume"), ("bus", "events", "put"). The CDK app turns each into
     # least-privilege IAM statements (infra/coupons_infra/constructs/functions.py) and refuses unknown ones.
     grants: tuple[tuple[str, str, str], ...] = ()
@@ -125,7 +126,9 @@ COUPONS_TABLE = Table(
 )
 GUARDS_TABLE = Table(key="guards", env="GUARDS_TABLE", name="coupons-guards", ttl_attribute="ttl", stream=True)
 JOBS_TABLE = Table(key="jobs", env="JOBS_TABLE", name="coupons-jobs", ttl_attribute="ttl", stream=True)
-TABLES = (COUPONS_TABLE, GUARDS_TABLE, JOBS_TABLE)
+# Issue 17: the finance reports' kept per-day aggregates (pk=DAYS#<month>, see adapters/report_days).
+REPORTS_TABLE = Table(key="reports", env="REPORTS_TABLE", name="coupons-reports")
+TABLES = (COUPONS_TABLE, GUARDS_TABLE, JOBS_TABLE, REPORTS_TABLE)
 
 BUCKETS = (
     Bucket("imports", "IMPORTS_BUCKET", "coupons-imports", "marketing's CSV uploads and their results",
@@ -163,6 +166,7 @@ AUTHORIZATION_PATTERN = re.compile(AUTHORIZATION_HEADER_REGEX)
 AUTHORIZER_CACHE_SECONDS = 300
 
 READ, WRITE, READWRITE = "read", "write", "readwrite"
+BATCHWRITE, READBATCHWRITE = "batchwrite", "readbatchwrite"  # writes that include BatchWriteItem
 _CODES = (("table", "coupons", READWRITE), ("key", "kms", "decrypt"), ("key", "kms", "generate"))
 
 FUNCTIONS: tuple[Function, ...] = (
@@ -176,7 +180,7 @@ FUNCTIONS: tuple[Function, ...] = (
             Route("PUT", "/coupons/{coupon_id}"),
             Route("DELETE", "/coupons/{coupon_id}"),
         ),
-        grants=_CODES,
+        grants=(*_CODES, ("index", "coupons", "gsi1"), ("index", "coupons", "gsi2")),  # by status, by campaign
     ),
     # Checkout (issue 3): validation and redemption, separate functions sharing the domain layer.
     # KMS decrypt only: the keyring is unwrapped once per container (created with the first coupon).
@@ -198,7 +202,9 @@ FUNCTIONS: tuple[Function, ...] = (
             Route("GET", "/coupons/{coupon_id}/redemptions"),
             Route("GET", "/me/redemptions"),  # issue 12: a customer's own history
         ),
-        grants=(("table", "coupons", READWRITE), ("table", "guards", READWRITE), ("key", "kms", "decrypt")),
+        grants=(("table", "coupons", READWRITE), ("table", "guards", READWRITE), ("key", "kms", "decrypt"),
+                ("index", "coupons", "gsi1"),  # a coupon's redemptions
+                ("index", "coupons", "gsi2")),  # a customer's redemptions (GET /me/redemptions, issue 12)
     ),
     Function(
         name=AUTHORIZER,
@@ -237,24 +243,26 @@ FUNCTIONS: tuple[Function, ...] = (
         name="expiry_sweep",
         description="Marks coupons past expires_at expired (through the expiry index)",
         timeout_seconds=300,
-        grants=(("table", "coupons", READWRITE),),
+        grants=(("table", "coupons", WRITE), ("index", "coupons", "gsi3")),  # reads only through the index
         schedule=EXPIRY_SWEEP_SCHEDULE,
     ),
     Function(
         name="daily_report",
-        description="Daily finance report: CSV, summary.json and chart to the reports bucket",
+        description="Daily finance report: CSVs, summary.json and chart to the reports bucket; keeps the day",
         memory_mb=1024,
         timeout_seconds=900,
-        grants=(("table", "coupons", READ), ("table", "guards", READ), ("bucket", "reports", WRITE)),
+        grants=(("table", "guards", READ), ("bucket", "reports", WRITE), ("table", "reports", BATCHWRITE),
+                ("index", "coupons", "gsi3"), ("index", "coupons", "gsi4")),  # redemptions, rollbacks by day
         schedule=DAILY_REPORT_SCHEDULE,
     ),
     Function(
         name="reports",
-        description="Finance API: redemption totals for a date range",
+        description="Finance API: redemption totals for a date range (kept days merged, the rest live)",
         routes=(Route("GET", "/reports/summary"),),
-        memory_mb=1024,
+        memory_mb=2048,  # a year's range merges up to 2 million coupon-days: CPU-bound (2 GB = 1.15 vCPU)
         timeout_seconds=29,
-        grants=(("table", "coupons", READ), ("table", "guards", READ)),
+        grants=(("table", "guards", READ), ("table", "reports", READBATCHWRITE),
+                ("index", "coupons", "gsi3"), ("index", "coupons", "gsi4")),  # redemptions, rollbacks by day
     ),
     # Bulk (issue 5): generation jobs and job status (API), CSV imports and code generation (SQS workers).
     Function(
@@ -270,8 +278,9 @@ FUNCTIONS: tuple[Function, ...] = (
         description="CSV import worker: S3 notifications and planned ranges from the imports queue",
         memory_mb=1024,
         timeout_seconds=900,
-        grants=(*_CODES, ("table", "jobs", READWRITE), ("bucket", "imports", "read:incoming/"),
-                ("bucket", "imports", "readwrite:work/"), ("bucket", "imports", "delete:work/"),
+        grants=(*_CODES, ("table", "jobs", READWRITE), ("bucket", "imports", "readversions:incoming/"),
+                ("bucket", "imports", "read:work/"), ("bucket", "imports", "put:work/"),
+                ("bucket", "imports", "delete:work/"),
                 ("bucket", "imports", "write:results/"), ("queue", "imports", "send"),
                 ("queue", "imports", "consume")),
         queue="imports",
@@ -283,7 +292,8 @@ FUNCTIONS: tuple[Function, ...] = (
         description="Generation worker: fans a job out into batches, writes codes, assembles the export",
         memory_mb=1024,
         timeout_seconds=900,
-        grants=(*_CODES, ("table", "jobs", READWRITE), ("bucket", "exports", "readwrite:work/"),
+        grants=(*_CODES, ("table", "jobs", READWRITE), ("bucket", "exports", "read:work/"),
+                ("bucket", "exports", "put:work/"),
                 ("bucket", "exports", "delete:work/"), ("bucket", "exports", "write:exports/"),
                 ("queue", "generation", "send"), ("queue", "generation", "consume")),
         queue="generation",

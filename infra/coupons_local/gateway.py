@@ -28,6 +28,8 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
+from . import calllog
+
 MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -78,6 +80,9 @@ class FunctionHost:
     def __init__(self) -> None:
         self._handlers: dict[str, Callable[..., Any]] = {}
         self._lock = threading.Lock()
+        # With the call log on: one invocation at a time, each in a fresh container (see calllog).
+        self.isolated = False
+        self._isolation = threading.Lock()
 
     def handler(self, function: r.Function) -> Callable[..., Any]:
         with self._lock:
@@ -98,7 +103,13 @@ class FunctionHost:
         context = FakeContext(function.name, function.memory_mb, function.timeout_seconds,
                               str(uuid.uuid4()), time.monotonic())
         try:
-            return self.handler(function)(event, context)
+            if not self.isolated:
+                with calllog.acting_as(function.name):
+                    return self.handler(function)(event, context)
+            with self._isolation:
+                calllog.fresh_container()
+                with calllog.acting_as(function.name):
+                    return self.handler(function)(event, context)
         finally:
             if self.after_invoke is not None:
                 self.after_invoke()

@@ -17,12 +17,27 @@ it was written against; any other version keeps moto's behaviour, with a warning
 Likewise a Query on a table's own partition key reads that partition instead of sorting
 every item of the table (see `_partition_query`).
 
+And one correction the other way, making the emulator less kind than it is (issue 11): moto
+answers BatchGetItem in the order the keys were asked for, and DynamoDB does not (its
+documentation: "the order of the items in the response is not guaranteed"). Here each table's
+items come back shuffled, and, when `COUPONS_LOCAL_BATCH_UNPROCESSED` is a share above 0, that
+share of the calls answers only part of the request and returns the rest as `UnprocessedKeys`,
+as DynamoDB does under throttling or past 16 MB (see `BatchGetUnkindness`). Code that relied on
+the order or ignored UnprocessedKeys fails here as it would on AWS. Likewise S3: moto's ETag of a
+single-part object is the MD5 of its bytes, so two uploads of the same bytes had the same ETag;
+every bucket of this service is SSE-KMS on AWS, where the ETag is not an MD5 of the content, so
+here an object's ETag is salted per upload (`_upload_etag`): code keyed on ETags sees two.
+
 Derived from moto (Apache License 2.0), moto/dynamodb/models/__init__.py.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import os
+import random
+import threading
 import warnings
 from typing import Any
 
@@ -32,8 +47,8 @@ original: Any = None  # moto's own method, kept for comparison (tests, benchmark
 
 
 def apply() -> bool:
-    """Install the patch; True if it is active (idempotent)."""
-    global _applied, original
+    """Install the patches; True if they are active (idempotent)."""
+    global _applied, original, unkindness
     if _applied:
         return True
     import moto
@@ -45,13 +60,106 @@ def apply() -> bool:
             "moto's whole-table copy (slow on big tables)", RuntimeWarning, stacklevel=2)
         return False
     from moto.dynamodb.models.table import Table
+    from moto.dynamodb.responses import DynamoHandler
 
     original = DynamoDBBackend.transact_write_items
     DynamoDBBackend.transact_write_items = _transact_write_items  # type: ignore[method-assign]
+    unkindness = BatchGetUnkindness.from_environment()
+    _unkind_batch_get_item.original = DynamoHandler.batch_get_item  # type: ignore[attr-defined]
+    DynamoHandler.batch_get_item = _unkind_batch_get_item  # type: ignore[method-assign]
     _partition_query.original = Table.query  # type: ignore[attr-defined]
     Table.query = _partition_query  # type: ignore[method-assign]
+    from moto.s3.models import FakeKey
+
+    _upload_etag.original = FakeKey.etag  # type: ignore[attr-defined]
+    FakeKey.etag = property(_upload_etag)  # type: ignore[method-assign,assignment]
     _applied = True
     return True
+
+
+BATCH_SEED_ENV = "COUPONS_LOCAL_BATCH_SEED"  # an integer: the same calls get the same orders
+BATCH_UNPROCESSED_ENV = "COUPONS_LOCAL_BATCH_UNPROCESSED"  # share of calls answered in part (0..1)
+
+
+class BatchGetUnkindness:
+    """How BatchGetItem answers: items shuffled per table; a share of calls with UnprocessedKeys.
+
+    A partial answer leaves out at most half of the keys asked for (at least one is always
+    read), so a caller that retries what is unprocessed gets everything in a few calls, as it
+    does from DynamoDB.
+    """
+
+    def __init__(self, seed: int | None = None, unprocessed: float = 0.0) -> None:
+        self.seed = seed if seed is not None else int.from_bytes(os.urandom(8), "big")
+        self.unprocessed = unprocessed
+        self._rng = random.Random(self.seed)
+        self._lock = threading.Lock()
+        self.calls = 0
+        self.partial = 0
+
+    @classmethod
+    def from_environment(cls) -> BatchGetUnkindness:
+        seed = os.environ.get(BATCH_SEED_ENV, "").strip()
+        share = os.environ.get(BATCH_UNPROCESSED_ENV, "").strip()
+        return cls(int(seed) if seed else None, float(share) if share else 0.0)
+
+    def apply(self, request: dict[str, Any], answer: dict[str, Any]) -> None:
+        """Reorder (and maybe cut) moto's answer to `request` in place."""
+        with self._lock:
+            self.calls += 1
+            responses: dict[str, list[dict[str, Any]]] = answer.setdefault("Responses", {})
+            if self.unprocessed > 0 and self._rng.random() < self.unprocessed:
+                self._leave_some_unprocessed(request, answer)
+            for items in responses.values():
+                self._rng.shuffle(items)
+
+    def _leave_some_unprocessed(self, request: dict[str, Any], answer: dict[str, Any]) -> None:
+        # Only tables read whole (no projection): their items carry the key, so the answer stays exact.
+        keys = [(table, key) for table, asked in request.items()
+                if not asked.get("ProjectionExpression") and not asked.get("AttributesToGet")
+                for key in asked.get("Keys", [])]
+        if len(keys) < 2 or answer.get("UnprocessedKeys"):
+            return
+        left = self._rng.sample(keys, self._rng.randint(1, len(keys) // 2))
+        self.partial += 1
+        unprocessed = answer.setdefault("UnprocessedKeys", {})
+        for table, key in left:
+            items = answer["Responses"].get(table, [])
+            answer["Responses"][table] = [i for i in items if any(i.get(a) != v for a, v in key.items())]
+            entry = unprocessed.setdefault(table, {**{k: v for k, v in request[table].items() if k != "Keys"},
+                                                   "Keys": []})
+            entry["Keys"].append(key)
+
+
+unkindness = BatchGetUnkindness()  # replaced from the environment by apply(), or by configure()
+
+
+def configure(seed: int | None = None, unprocessed: float = 0.0) -> BatchGetUnkindness:
+    """Start a new sequence of BatchGetItem answers (tests: a fixed seed, a share of partial answers)."""
+    global unkindness
+    unkindness = BatchGetUnkindness(seed, unprocessed)
+    return unkindness
+
+
+def _unkind_batch_get_item(self: Any) -> Any:
+    """DynamoHandler.batch_get_item, answered as DynamoDB may answer (see BatchGetUnkindness)."""
+    result = _unkind_batch_get_item.original(self)  # type: ignore[attr-defined]
+    answer = result.result
+    if isinstance(answer, dict):
+        unkindness.apply(self.body.get("RequestItems", {}), answer)
+    return result
+
+
+def _upload_etag(self: Any) -> str:
+    """FakeKey.etag, as an SSE-KMS object's: not the MD5 of its bytes, and another one per upload.
+
+    Still 32 hex digits, computed once per stored object (so If-Match, listings and multipart parts
+    agree with it); multipart ETags (`<hex>-<parts>`, given by moto) are left as they are.
+    """
+    if self._etag is None:
+        content_md5 = str(_upload_etag.original.fget(self)).strip('"')  # type: ignore[attr-defined]
+        self._etag = hashlib.md5(bytes.fromhex(content_md5) + os.urandom(16), usedforsecurity=False).hexdigest()
+    return f'"{self._etag}"'
 
 
 def _partition_query(self: Any, *args: Any, **kwargs: Any) -> Any:

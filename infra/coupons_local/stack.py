@@ -14,7 +14,7 @@ from typing import Any
 from coupons_infra import resources as r
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from . import threadsafe, tokens
+from . import calllog, threadsafe, tokens
 from .emulator import REGION, Emulator
 from .gateway import FunctionHost, Gateway
 from .provision import Provisioned, function_environment, provision
@@ -54,6 +54,8 @@ class LocalStack:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> None:
+        # COUPONS_LOCAL_CALL_LOG: every AWS call, per function (installed before any client exists)
+        self.functions.isolated = calllog.install() is not None
         threadsafe.install()  # Powertools keeps each request's event per process: make it per thread
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log per emulated AWS call
         self.emulator = Emulator().start()

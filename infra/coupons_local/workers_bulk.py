@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from coupons_infra import resources as r
 
-from . import moto_speedups
+from . import calllog, moto_speedups
 from .emulator import REGION
 
 if TYPE_CHECKING:
@@ -87,7 +87,8 @@ class QueuePoller:
         self.function = function
         self.url = url
         self.sqs: Any = boto3.client("sqs")
-        self.arn = queue_arn(self.sqs, url)
+        with calllog.acting_as(function.name):  # the event source mapping acts with the function's role
+            self.arn = queue_arn(self.sqs, url)
         self.invocations = 0
 
     def run(self) -> None:
@@ -95,6 +96,10 @@ class QueuePoller:
                                       busy_pause=IDLE_MIN_SECONDS, idle_max=IDLE_MAX_SECONDS, growth=2)
 
     def poll_once(self) -> bool:
+        with calllog.acting_as(self.function.name):  # the event source mapping acts with the function's role
+            return self._poll_once()
+
+    def _poll_once(self) -> bool:
         messages = self.sqs.receive_message(
             QueueUrl=self.url, MaxNumberOfMessages=min(10, self.function.queue_batch_size), WaitTimeSeconds=0,
             AttributeNames=["All"], MessageAttributeNames=["All"],

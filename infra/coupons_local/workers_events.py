@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from coupons_infra import resources as r
 
+from . import calllog
 from .emulator import ACCOUNT_ID, REGION
 
 if TYPE_CHECKING:
@@ -107,6 +108,10 @@ class StreamPoller:
 
     def poll_once(self) -> bool:
         """Read and deliver what is new; True when there was something to do."""
+        with calllog.acting_as(self.function.name):  # the event source mapping acts with the function's role
+            return self._poll_once()
+
+    def _poll_once(self) -> bool:
         self._discover()
         busy = False
         for shard_id, iterator in list(self.iterators.items()):

@@ -443,5 +443,9 @@ def test_report_summary_with_charts_per_day_and_channel(stack: LocalStack, conte
     assert int(pos_bar.get_attribute("data-value") or "0") >= 1
     expect(page.locator("#report-channels tbody")).to_contain_text("pos")
     expect(page.locator("#report-discount")).to_contain_text("$")
+    # And the suspicious card counts every flag of the range, not the capped list (issue 17)
+    first, last = (page.locator(f"#report-form [name={n}]").input_value() for n in ("from", "to"))
+    api = stack.admin("GET", f"/reports/summary?from={first}&to={last}").body
+    assert int(page.locator("#report-suspicious-count").inner_text()) == api["suspicious_count"]
     screenshot(page, "console-reports")
     assert errors.errors == []

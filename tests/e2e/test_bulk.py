@@ -46,8 +46,16 @@ class Bulk:
         return boto3.client(service, endpoint_url=info["aws_endpoint"], region_name=info["region"],
                             aws_access_key_id="local", aws_secret_access_key="local")
 
-    def upload(self, name: str, body: bytes) -> None:
-        self.s3.put_object(Bucket=self.buckets["imports"], Key=f"incoming/{name}", Body=body)
+    def upload(self, name: str, body: bytes) -> str:
+        return str(self.s3.put_object(Bucket=self.buckets["imports"], Key=f"incoming/{name}", Body=body)["ETag"])
+
+    def upload_multipart(self, name: str, body: bytes) -> str:
+        """The same bytes with another ETag (not their MD5), as SSE-KMS objects always have on AWS."""
+        bucket, key = self.buckets["imports"], f"incoming/{name}"
+        upload_id = self.s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        part = self.s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=body)
+        return str(self.s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={
+            "Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]})["ETag"])
 
     def result(self, name: str, *, timeout: float = 240) -> tuple[list[list[str]], dict[str, Any]]:
         """results/<name> once the job is over, and the job (found through results/<name>.json)."""
@@ -160,7 +168,7 @@ def test_a_thousand_rows_get_exact_statuses_and_a_second_upload_creates_nothing(
     assert len(body) > 2 * RANGE_BYTES  # split into ranges processed in parallel
 
     # When marketing uploads it
-    bulk.upload(f"{tag}.csv", body)
+    first_etag = bulk.upload(f"{tag}.csv", body)
     rows, job = bulk.result(f"{tag}.csv")
 
     # Then every row has its status, in file order
@@ -195,12 +203,14 @@ def test_a_thousand_rows_get_exact_statuses_and_a_second_upload_creates_nothing(
     found = bulk.stack.admin("GET", f"/coupons?code={tag.lower()}-0003").body["items"]
     assert [c["id"] for c in found] == [rows[3][2]]
 
-    # When the same object is uploaded again, and the same bytes under another name
+    # When the same object is uploaded again, the same bytes with another ETag (issue 11, hole 8), and
+    # the same bytes under another name with another ETag
     bulk.upload(f"{tag}.csv", body)
-    bulk.upload(f"{tag}-again.csv", body)
+    assert bulk.upload_multipart(f"{tag}.csv", body) != first_etag
+    assert bulk.upload_multipart(f"{tag}-again.csv", body) != first_etag
     again, _ = bulk.result(f"{tag}-again.csv")
     bulk.queues_idle()
-    # Then nothing is created twice
+    # Then nothing is created twice, generated codes included
     assert bulk.campaign_size(tag) == created
     assert all(r[1] in ("duplicate", "rejected") for r in again[1:])
     assert [r[1] for r in again[1:]].count("duplicate") == created + expected.count("duplicate")
@@ -289,7 +299,9 @@ def test_the_jobs_api_refuses_what_it_should(bulk: Bulk) -> None:
         answer = stack.admin("POST", "/campaigns/c1/codes", body)
         assert answer.status == 400 and answer.error_code == "VALIDATION_ERROR", answer.body
         assert field in {d["field"] for d in answer.body["error"]["details"]}, answer.body
-    assert stack.admin("POST", "/campaigns/bad%21campaign/codes", good).status == 400
+    # a malformed campaign id is a 404 like an unknown one (contract v2)
+    malformed = stack.admin("POST", "/campaigns/bad%21campaign/codes", good)
+    assert (malformed.status, malformed.error_code) == (404, "CAMPAIGN_NOT_FOUND"), malformed.body
     for job_id in ("imp-0000", "gen-unknown", "..%2F..%2Fetc"):
         answer = stack.admin("GET", f"/jobs/{job_id}")
         assert answer.status == 404 and answer.error_code in ("JOB_NOT_FOUND", "NOT_FOUND"), answer.body

@@ -63,7 +63,12 @@ def outcomes(results: list[HttpResult]) -> Counter[tuple[int, str | None]]:
 def shard_totals(stack: LocalStack, coupon_id: str) -> tuple[int, int]:
     client, table = dynamodb(stack)
     keys = [{"pk": {"S": f"SHARD#{coupon_id}#{n:02d}"}, "sk": {"S": "SHARD"}} for n in range(SHARDS)]
-    items = client.batch_get_item(RequestItems={table: {"Keys": keys, "ConsistentRead": True}})["Responses"][table]
+    items: list[dict[str, Any]] = []
+    pending: dict[str, Any] = {table: {"Keys": keys, "ConsistentRead": True}}
+    while pending:  # the emulator, like DynamoDB, may leave keys unprocessed (COUPONS_LOCAL_BATCH_UNPROCESSED)
+        page = client.batch_get_item(RequestItems=pending)
+        items += page["Responses"].get(table, [])
+        pending = page.get("UnprocessedKeys") or {}
     assert len(items) == SHARDS
     return sum(int(i["remaining"]["N"]) for i in items), sum(int(i["redeemed"]["N"]) for i in items)
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import secrets
+import uuid
 from collections import Counter, defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import boto3
 from conftest import LocalStack, unique
+from coupons.adapters.checkout_store import CheckoutStore
+from coupons.adapters.dynamo import to_item
 from coupons_local import tokens
 
 
@@ -71,10 +75,14 @@ def test_a_day_in_two_currencies_and_three_channels_reconciles_across_csv_summar
     csv_bytes, csv_type = read("redemptions.csv")
     summary = json.loads(read("summary.json")[0])
     chart, chart_type = read("chart.html")
+    flags, flags_type = read("suspicious.csv")
 
-    # Then summary.json is exactly the API's answer for that day
+    # Then summary.json is exactly the API's answer for that day (today is never kept: it is not over)
     assert summary == api.body
-    assert ran["rows"] == summary["redemptions"] + summary["rollbacks"]
+    assert ran["rows"] == summary["redemptions"] + summary["rollbacks"] and ran["aggregate_stored"] is False
+    assert flags_type.startswith("text/csv") and flags.decode().splitlines()[0] == \
+        "at,kind,scope,user_id,ip,count,limit,window_seconds"
+    assert len(flags.decode().splitlines()) - 1 == summary["suspicious_count"] >= len(summary["suspicious"])
 
     # And the CSV rows add up to it to the cent, per currency, per channel and in count
     assert csv_type.startswith("text/csv") and chart_type.startswith("text/html") and b"<svg" in chart
@@ -136,3 +144,53 @@ def test_the_summary_route_is_for_admins_and_checks_its_dates(stack: LocalStack)
             continue
         assert (result.status, result.error_code) == (400, "VALIDATION_ERROR"), query
         assert result.body["error"]["details"][0]["field"] == field
+
+
+def seed_redemption(dynamodb: Any, table: str, day: date, amount: int, coupon_id: str) -> None:
+    """A redemption of a past day, written as the checkout store writes it (the API only redeems today)."""
+    rid = str(uuid.uuid4())
+    item = CheckoutStore(None, table, "").redemption_item({
+        "redemption_id": rid, "coupon_id": coupon_id, "campaign_id": "past", "code_hash": "ab" * 32,
+        "order_id": f"o-{rid}", "user_id": "u-past", "channel": "pos", "discount_type": "FIXED",
+        "discount_amount": amount, "currency": "USD", "order_subtotal": 10_000, "status": "redeemed",
+        "redeemed_at": datetime(day.year, day.month, day.day, 12, tzinfo=UTC)})
+    dynamodb.put_item(TableName=table, Item=to_item(item))
+
+
+def test_a_past_day_is_kept_by_the_daily_job_and_the_summary_reads_it_from_there(stack: LocalStack) -> None:
+    # Given a past day (one nobody else uses) with two redemptions, and its daily report run
+    info = stack.info()
+    dynamodb = client(info, "dynamodb")
+    coupons_table, reports_table = info["tables"]["coupons"], info["tables"]["reports"]
+    day = datetime.now(UTC).date() - timedelta(days=40 + secrets.randbelow(300))
+    coupon = unique("past-")
+    seed_redemption(dynamodb, coupons_table, day, 300, coupon)
+    seed_redemption(dynamodb, coupons_table, day, 450, coupon)
+    ran = json.loads(stack.cli("run", "daily-report", "--date", day.isoformat(), "--port", str(stack.port)).stdout)
+    assert ran["aggregate_stored"] is True and ran["redemptions"] >= 2
+    key = {"pk": {"S": f"DAYS#{day.isoformat()[:7]}"}, "sk": {"S": day.isoformat()}}
+    assert "Item" in dynamodb.get_item(TableName=reports_table, Key=key)
+
+    # When finance asks for that day: the kept aggregate answers, exactly summary.json
+    query = f"/reports/summary?from={day.isoformat()}&to={day.isoformat()}"
+    first = stack.admin("GET", query)
+    assert first.status == 200, first.body
+    s3 = client(info, "s3")
+    kept_json = json.loads(s3.get_object(Bucket=info["buckets"]["reports"],
+                                         Key=f"daily/{day.isoformat()}/summary.json")["Body"].read())
+    assert first.body == kept_json
+    mine = next(c for c in first.body["by_coupon"] if c["coupon_id"] == coupon)
+    assert (mine["redemptions"], mine["discount_totals"]) == (2, {"USD": 750})
+
+    # Then a raw item slipped in behind its back does not change a kept day (a settled day is final) ...
+    seed_redemption(dynamodb, coupons_table, day, 1000, coupon)
+    assert stack.admin("GET", query).body == first.body
+
+    # ... and a day whose aggregate is gone (a gap) is computed live, exactly, and kept again
+    dynamodb.delete_item(TableName=reports_table, Key=key)
+    again = stack.admin("GET", query)
+    assert again.status == 200, again.body
+    mine = next(c for c in again.body["by_coupon"] if c["coupon_id"] == coupon)
+    assert (mine["redemptions"], mine["discount_totals"]) == (3, {"USD": 1750})
+    assert again.body["redemptions"] == first.body["redemptions"] + 1
+    assert "Item" in dynamodb.get_item(TableName=reports_table, Key=key)

@@ -610,6 +610,7 @@ def test_only_the_functions_that_create_codes_may_create_a_code_key_version(synt
     for spec in r.FUNCTIONS:
         role_id = synth.logical_id(synth.stack.functions.roles[spec.name])
         code_key = [s for s in role_statements(synth, role_id) if mentions(s["Resource"], key_id)
+                    and s["Effect"] == "Allow"  # (stream consumers carry a Deny of the same context)
                     and "kms:EncryptionContext:purpose" in json.dumps(s.get("Condition", {}))]
         if any("kms:GenerateDataKey" in as_list(s["Action"]) for s in code_key):
             creators.add(spec.name)
@@ -622,7 +623,7 @@ def test_only_the_functions_that_create_codes_may_create_a_code_key_version(synt
 def test_grants_become_least_privilege_statements(synth: Synth, spec: r.Function) -> None:
     role_id = synth.logical_id(synth.stack.functions.roles[spec.name])
     found = role_statements(synth, role_id)
-    granted_tables = {key for kind, key, _ in spec.grants if kind == "table"}
+    granted_tables = {key for kind, key, _ in spec.grants if kind in ("table", "index")}
     for table_key, table in synth.stack.data.tables.items():
         table_id = synth.logical_id(table)
         touching = [s for s in found if mentions(s["Resource"], table_id) and
@@ -640,6 +641,15 @@ def test_grants_become_least_privilege_statements(synth: Synth, spec: r.Function
                 assert {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"} <= actions
             if mode == "read":
                 assert not {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"} & actions
+            if mode == "write":  # (its index grants, if any, come with Query on the index ARNs only)
+                on_table = {a for s in found if {"Fn::GetAtt": [table_id, "Arn"]} in as_list(s["Resource"])
+                            for a in as_list(s["Action"])}
+                assert not {"dynamodb:GetItem", "dynamodb:Query", "dynamodb:BatchGetItem"} & on_table
+        elif kind == "index":
+            table_id = synth.logical_id(synth.stack.data.tables[target])
+            index_arn = {"Fn::Join": ["", [{"Fn::GetAtt": [table_id, "Arn"]}, f"/index/{mode}"]]}
+            assert any(as_list(s["Action"]) == ["dynamodb:Query"] and index_arn in as_list(s["Resource"])
+                       for s in found), (spec.name, target, mode)
         elif kind == "key":
             key_id = synth.logical_id(synth.stack.data.key)
             direct = [s for s in found if mentions(s["Resource"], key_id)
@@ -649,8 +659,8 @@ def test_grants_become_least_privilege_statements(synth: Synth, spec: r.Function
         elif kind == "bucket":
             access, _, prefix = mode.partition(":")
             bucket_id = synth.logical_id(synth.stack.storage.buckets[target])
-            expected = {"read": "s3:GetObject", "put": "s3:PutObject", "write": "s3:PutObject",
-                        "readwrite": "s3:PutObject", "delete": "s3:DeleteObject"}[access]
+            expected = {"read": "s3:GetObject", "readversions": "s3:GetObjectVersion", "put": "s3:PutObject",
+                        "write": "s3:PutObject", "readwrite": "s3:PutObject", "delete": "s3:DeleteObject"}[access]
             # The object statement names the bucket and the prefix, nothing wider.
             assert any(expected in as_list(s["Action"]) and mentions(s["Resource"], bucket_id)
                        and json.dumps(s["Resource"]).endswith(f'/{prefix}*"]]}}') for s in found), (spec.name, mode)
@@ -661,6 +671,40 @@ def test_grants_become_least_privilege_statements(synth: Synth, spec: r.Function
         elif kind == "bus":
             bus_id = synth.logical_id(synth.stack.messaging.bus)
             assert any(s["Action"] == "events:PutEvents" and mentions(s["Resource"], bus_id) for s in found)
+
+
+def test_indexes_are_queried_only_by_the_functions_that_name_them(synth: Synth) -> None:
+    """Index ARNs get Query and nothing else, only for the indexes a function's grants name (issue 11:
+    every table grant used to carry every index, with every table action)."""
+    for spec in r.FUNCTIONS:
+        named = {f"/index/{index}" for kind, _, index in spec.grants if kind == "index"}
+        role_id = synth.logical_id(synth.stack.functions.roles[spec.name])
+        for statement in role_statements(synth, role_id):
+            # An index ARN is {"Fn::Join": ["", [<the table's Arn>, "/index/<name>"]]}.
+            on_indexes = {res["Fn::Join"][1][-1] for res in as_list(statement["Resource"])
+                          if isinstance(res, dict) and "/index/" in json.dumps(res)}
+            if on_indexes:
+                assert as_list(statement["Action"]) == ["dynamodb:Query"], (spec.name, statement)
+                assert on_indexes <= named, (spec.name, on_indexes - named)
+    reports_table = synth.logical_id(synth.stack.data.tables["reports"])
+    for _, statement in all_policy_statements(synth):
+        actions = set(as_list(statement["Action"]))
+        assert "dynamodb:DescribeTable" not in actions
+        if "dynamodb:BatchWriteItem" in actions:  # only the reports' kept days are written in batches
+            assert reports_table in json.dumps(statement["Resource"]), statement
+
+
+def test_role_policies_resolved_from_the_constructs_are_the_synthesised_ones(synth: Synth) -> None:
+    """tests/infra/test_iam_calls.py reads each role's policies with Stack.resolve (seconds, not a full
+    synthesis); here, where the app is synthesised anyway, they must be exactly the template's."""
+    from iam_check import role_policy_documents  # type: ignore[import-not-found]
+
+    resolved = role_policy_documents(synth.stack)
+    for name, role in synth.stack.functions.roles.items():
+        role_id = synth.logical_id(role)
+        in_template = [p["Properties"]["PolicyDocument"] for p in synth.of_type("AWS::IAM::Policy").values()
+                       if {"Ref": role_id} in p["Properties"].get("Roles", [])]
+        assert in_template and resolved[name] == in_template, name
 
 
 # -- issue 17: infrastructure security ----------------------------------------------------------
@@ -811,6 +855,35 @@ def test_usage_plans_warn_at_synth_time_that_they_are_not_enforced(synth: Synth)
     warnings = [str(entry.data) for construct in synth.stack.node.find_all() for entry in construct.node.metadata
                 if entry.type == "aws:cdk:warning"]
     assert any("usage plans" in w and "require_api_keys" in w for w in warnings), warnings
+
+
+def test_report_aggregates_table_is_written_by_the_daily_job_and_read_and_filled_by_the_summary(
+        synth: Synth) -> None:
+    # Issue 17: kept per-day aggregates. No stream (nothing publishes from it), no TTL (kept days stay).
+    table = synth.stack.data.tables["reports"]
+    props = synth.resource(table)["Properties"]
+    assert "StreamSpecification" not in props and "TimeToLiveSpecification" not in props
+    table_id = synth.logical_id(table)
+
+    def actions(function: str) -> set[str]:
+        role_id = synth.logical_id(synth.stack.functions.roles[function])
+        return {a for s in role_statements(synth, role_id) if mentions(s["Resource"], table_id)
+                for a in as_list(s["Action"])}
+
+    job, api = actions("daily_report"), actions("reports")
+    assert {"dynamodb:PutItem", "dynamodb:BatchWriteItem", "dynamodb:DeleteItem"} <= job
+    assert not {"dynamodb:Query", "dynamodb:GetItem", "dynamodb:Scan"} & job  # the job only writes
+    assert {"dynamodb:Query", "dynamodb:PutItem", "dynamodb:BatchWriteItem", "dynamodb:DeleteItem"} <= api
+    assert "dynamodb:Scan" not in api
+    for function in r.FUNCTIONS:
+        if function.name not in ("daily_report", "reports"):
+            assert not actions(function.name), function.name
+    # The reports bucket grant covers multipart uploads (AbortMultipartUpload for a failed stream)
+    bucket_id = synth.logical_id(synth.stack.storage.buckets["reports"])
+    role_id = synth.logical_id(synth.stack.functions.roles["daily_report"])
+    s3_actions = {a for s in role_statements(synth, role_id) if mentions(s["Resource"], bucket_id)
+                  for a in as_list(s["Action"])}
+    assert {"s3:PutObject", "s3:AbortMultipartUpload"} <= s3_actions and "s3:GetObject" not in s3_actions
 
 
 # -- servers as callers (issue 12) -------------------------------------------------------------------

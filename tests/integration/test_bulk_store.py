@@ -8,6 +8,7 @@ crashes and timeouts are exercised without the HTTP stack.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import random
@@ -27,8 +28,9 @@ from coupons.adapters.bulk_store import (
     CouponBatchWriter,
     PendingCoupon,
 )
-from coupons.bulk_import import ImportService, build_record
+from coupons.bulk_import import ImportService, build_record, s3_sources
 from coupons.codegen import generate_code
+from coupons.errors import JobNotFound
 from coupons.generation import GenerationRequest, GenerationService
 from coupons.jobs import derived_coupon_id, import_job_id
 from coupons.models import resolve_spec
@@ -81,6 +83,25 @@ def upload(provisioned: Any, key: str, body: bytes) -> dict[str, Any]:
     return {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
                          "s3": {"bucket": {"name": bucket}, "object": {"key": key, "eTag": etag,
                                                                        "size": len(body)}}}]}
+
+
+def upload_multipart(provisioned: Any, key: str, body: bytes) -> dict[str, Any]:
+    """The same as `upload`, as a multipart upload: its ETag is not the MD5 of the content (nor is an
+    SSE-KMS object's ETag on AWS, however it was uploaded)."""
+    bucket = provisioned.buckets["imports"]
+    s3 = aws.client("s3")
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    part = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=body)
+    etag = s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={
+        "Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]})["ETag"].strip('"')
+    return {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:CompleteMultipartUpload",
+                         "s3": {"bucket": {"name": bucket}, "object": {"key": key, "eTag": etag,
+                                                                       "size": len(body)}}}]}
+
+
+def job_id_of(provisioned: Any, key: str, body: bytes) -> str:
+    """The import job of these bytes under this key: derived from the content, not the ETag."""
+    return import_job_id(provisioned.buckets["imports"], key, hashlib.sha256(body).hexdigest())
 
 
 def drain(provisioned: Any, queue: str) -> list[dict[str, Any]]:
@@ -241,7 +262,7 @@ class TestImport:
         created = expected.count("created")
         assert campaign_count("imp1") == created
         # and the job says the same
-        job_id = import_job_id(bulk.buckets["imports"], "incoming/mixed.csv", event["Records"][0]["s3"]["object"]["eTag"])
+        job_id = job_id_of(bulk, "incoming/mixed.csv", import_body(rows))
         job = bulk_wiring.job_service().get(job_id)
         assert (job["status"], job["kind"], job["total"], job["processed"]) == ("succeeded", "import", 60, 60)
         assert job["result"]["created"] == created and job["failed"] == 60 - created
@@ -252,6 +273,33 @@ class TestImport:
         # Then nothing new exists; the copy's rows are all duplicates or rejections
         assert campaign_count("imp1") == created
         statuses = [r[1] for r in results(bulk, "results/mixed-again.csv")[1:]]
+        assert statuses == ["duplicate" if s == "created" else s for s in expected]
+
+    @pytest.mark.parametrize("range_bytes", [None, "1024"], ids=["one-range", "ranges"])
+    def test_the_same_content_with_another_etag_creates_nothing_twice(self, bulk: Any, range_bytes: str | None,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+        """Issue 11, hole 8: ids came from the ETag, which for SSE-KMS objects and multipart uploads is not
+        a hash of the content, so a re-upload generated the codeless rows again."""
+        if range_bytes:
+            settings_with(monkeypatch, IMPORT_RANGE_BYTES=range_bytes, IMPORT_CHECKPOINT_ROWS="15")
+        campaign = f"imp9{range_bytes or ''}"
+        rows, expected = mixed_rows(campaign, 60)  # a fifth of the rows have no code
+        body = import_body(rows)
+        # Given a CSV uploaded once (a single PUT) and imported
+        first = upload(bulk, f"incoming/{campaign}.csv", body)
+        run_import(bulk, first, shuffle=True)
+        created = expected.count("created")
+        assert campaign_count(campaign) == created
+        # When the same content is uploaded again with another ETag, under the same name and another one
+        again = upload_multipart(bulk, f"incoming/{campaign}.csv", body)
+        copy = upload_multipart(bulk, f"incoming/{campaign}-copy.csv", body)
+        etag = lambda event: event["Records"][0]["s3"]["object"]["eTag"]  # noqa: E731
+        assert etag(again) != etag(first) and etag(copy) != etag(first)
+        run_import(bulk, again, shuffle=True)
+        run_import(bulk, copy, shuffle=True)
+        # Then nothing is created twice, rows without a code included
+        assert campaign_count(campaign) == created
+        statuses = [r[1] for r in results(bulk, f"results/{campaign}-copy.csv")[1:]]
         assert statuses == ["duplicate" if s == "created" else s for s in expected]
 
     def test_a_large_file_is_split_into_ranges_processed_in_any_order(self, bulk: Any,
@@ -305,8 +353,7 @@ class TestImport:
         service.handle(event, receive_count=2)
         # Then the rows are exactly as a clean run gives them, and counted once
         assert [r[1] for r in results(bulk, "results/crash.csv")[1:]] == expected
-        job = bulk_wiring.job_service().get(import_job_id(
-            bulk.buckets["imports"], "incoming/crash.csv", event["Records"][0]["s3"]["object"]["eTag"]))
+        job = bulk_wiring.job_service().get(job_id_of(bulk, "incoming/crash.csv", import_body(rows)))
         assert job["processed"] == 60 and job["result"]["created"] == expected.count("created")
         assert campaign_count("imp3") == expected.count("created")
 
@@ -330,8 +377,7 @@ class TestImport:
         service.handle(event)
         # Then it carries on past that checkpoint and finishes with every row counted once
         assert [r[1] for r in results(bulk, "results/lost.csv")[1:]] == expected
-        job = bulk_wiring.job_service().get(import_job_id(
-            bulk.buckets["imports"], "incoming/lost.csv", event["Records"][0]["s3"]["object"]["eTag"]))
+        job = bulk_wiring.job_service().get(job_id_of(bulk, "incoming/lost.csv", import_body(rows)))
         assert (job["status"], job["processed"]) == ("succeeded", 30)
 
     def test_near_the_timeout_it_hands_over_to_a_continuation_message(self, bulk: Any,
@@ -363,18 +409,27 @@ class TestImport:
         (header, *rows) = results(bulk, "results/bad.csv")
         assert header == ["row", "status", "coupon_id", "error"]
         assert rows and {r[1] for r in rows} == {"rejected"} and any(words in r[3] for r in rows)
-        job = bulk_wiring.job_service().get(import_job_id(
-            bulk.buckets["imports"], "incoming/bad.csv", event["Records"][0]["s3"]["object"]["eTag"]))
+        job = bulk_wiring.job_service().get(job_id_of(bulk, "incoming/bad.csv", body))
         assert job["status"] == "failed" and words in job["result"]["error"]
         assert campaign_count("imp5") == 0
 
-    def test_an_object_replaced_during_the_import_fails_its_job(self, bulk: Any) -> None:
-        event = upload(bulk, "incoming/moving.csv", import_body(["IMP6-A,PERCENT,10,,imp6,"]))
-        upload(bulk, "incoming/moving.csv", import_body(["IMP6-B,PERCENT,10,,imp6,"]))
-        bulk_wiring.import_service().handle(event)  # the first version's event, read after the second upload
-        job = bulk_wiring.job_service().get(import_job_id(
-            bulk.buckets["imports"], "incoming/moving.csv", event["Records"][0]["s3"]["object"]["eTag"]))
-        assert job["status"] == "failed" and campaign_count("imp6") == 0
+    def test_an_object_replaced_before_its_import_is_left_to_its_replacement(self, bulk: Any) -> None:
+        # (Before issue 11 the job id came from the ETag, so this event got a failed job; it now cannot
+        # have a job at all: the id needs the content, which is gone. The new version's event imports.)
+        first, second = import_body(["IMP6-A,PERCENT,10,,imp6,"]), import_body(["IMP6-B,PERCENT,10,,imp6,"])
+        event = upload(bulk, "incoming/moving.csv", first)
+        later = upload(bulk, "incoming/moving.csv", second)
+        # When the first version's event is read after the second upload
+        assert bulk_wiring.import_service().start(s3_sources(event)[0], lambda: 900_000) is None
+        # Then it imports nothing and starts no job
+        assert campaign_count("imp6") == 0
+        with pytest.raises(JobNotFound):
+            bulk_wiring.job_service().get(job_id_of(bulk, "incoming/moving.csv", first))
+        # and the second version's event imports the second version
+        run_import(bulk, later)
+        assert [r[1] for r in results(bulk, "results/moving.csv")[1:]] == ["created"]
+        assert bulk_wiring.job_service().get(job_id_of(bulk, "incoming/moving.csv", second))["status"] == "succeeded"
+        assert campaign_count("imp6") == 1
 
 
 # --- generation ------------------------------------------------------------------------------------
@@ -456,9 +511,9 @@ def test_derived_ids_make_bulk_rows_idempotent_across_id_formats(bulk: Any,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     settings = settings_with(monkeypatch, COUPON_ID_FORMAT="alphanumeric")
     service: ImportService = bulk_wiring.import_service()
-    event = upload(bulk, "incoming/alnum.csv", import_body(["IMP7-A,PERCENT,10,,imp7,"]))
-    service.handle(event)
+    body = import_body(["IMP7-A,PERCENT,10,,imp7,"])
+    service.handle(upload(bulk, "incoming/alnum.csv", body))
     (row,) = results(bulk, "results/alnum.csv")[1:]
-    etag = event["Records"][0]["s3"]["object"]["eTag"]
-    assert row[2] == derived_coupon_id(settings.coupon_id_format, f"import/{bulk.buckets['imports']}/{etag}/1")
+    digest = hashlib.sha256(body).hexdigest()
+    assert row[2] == derived_coupon_id(settings.coupon_id_format, f"import/{bulk.buckets['imports']}/{digest}/1")
     assert len(row[2]) == 20

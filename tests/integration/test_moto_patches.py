@@ -191,3 +191,103 @@ def test_a_query_on_the_tables_key_answers_as_moto_does_from_its_partition_only(
     assert patched == unpatched
     assert [sum(len(items) for items, _ in p) for p in patched] == [7, 4, 4, 0]  # Limit applies before the filter
     assert len(patched[2]) > 1
+
+
+# --- BatchGetItem as DynamoDB answers it: unordered, sometimes in part ---------------------------
+
+
+def _batch(client: Any, pks: list[str], **extra: Any) -> dict[str, Any]:
+    return dict(client.batch_get_item(RequestItems={TABLE: {"Keys": [_key(pk) for pk in pks], **extra}}))
+
+
+def _pks(answer: dict[str, Any]) -> list[str]:
+    return [item["pk"]["S"] for item in answer["Responses"].get(TABLE, [])]
+
+
+def test_batch_get_item_answers_in_a_new_order_each_call(dynamodb: Any) -> None:
+    # Given 30 items, asked for in one order
+    pks = [f"item-{n:02d}" for n in range(30)]
+    for pk in pks:
+        dynamodb.put_item(TableName=TABLE, Item={**_key(pk), "n": {"N": "1"}})
+    moto_patches.configure()  # unseeded, as `coupons-local serve` runs by default
+    # When they are read ten times
+    orders = [_pks(_batch(dynamodb, pks)) for _ in range(10)]
+    # Then every answer is whole, never in the order asked, and not twice the same
+    assert all(sorted(order) == pks for order in orders)
+    assert pks not in orders and len({tuple(order) for order in orders}) == 10
+
+
+def test_a_seed_makes_the_orders_reproducible(dynamodb: Any) -> None:
+    pks = [f"seeded-{n:02d}" for n in range(12)]
+    for pk in pks:
+        dynamodb.put_item(TableName=TABLE, Item={**_key(pk), "n": {"N": "1"}})
+    moto_patches.configure(seed=42)
+    first = [_pks(_batch(dynamodb, pks)) for _ in range(3)]
+    moto_patches.configure(seed=42)
+    assert [_pks(_batch(dynamodb, pks)) for _ in range(3)] == first
+    moto_patches.configure()
+
+
+def test_partial_answers_leave_at_most_half_unprocessed_and_a_retry_reads_the_rest(dynamodb: Any) -> None:
+    pks = [f"part-{n:02d}" for n in range(20)]
+    for pk in pks:
+        dynamodb.put_item(TableName=TABLE, Item={**_key(pk), "n": {"N": "1"}})
+    unkind = moto_patches.configure(seed=3, unprocessed=1.0)
+    read: list[str] = []
+    pending: dict[str, Any] = {TABLE: {"Keys": [_key(pk) for pk in [*pks, "absent"]], "ConsistentRead": True}}
+    calls = 0
+    while pending:
+        asked = len(pending[TABLE]["Keys"])
+        page = dynamodb.batch_get_item(RequestItems=pending)
+        calls += 1
+        read += _pks(page)
+        pending = page.get("UnprocessedKeys") or {}
+        if asked > 1:  # a partial answer leaves some keys, never more than half
+            assert 1 <= len(pending[TABLE]["Keys"]) <= asked // 2
+            assert pending[TABLE]["ConsistentRead"] is True  # unprocessed keys come back as asked
+        else:
+            assert not pending
+    # Then every item was read exactly once, in a few calls
+    assert sorted(read) == pks and calls <= 6 and unkind.partial == calls - 1
+    moto_patches.configure()
+
+
+def test_the_environment_sets_the_seed_and_the_share_of_partial_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(moto_patches.BATCH_SEED_ENV, "7")
+    monkeypatch.setenv(moto_patches.BATCH_UNPROCESSED_ENV, "0.25")
+    unkind = moto_patches.BatchGetUnkindness.from_environment()
+    assert (unkind.seed, unkind.unprocessed) == (7, 0.25)
+    monkeypatch.delenv(moto_patches.BATCH_SEED_ENV)
+    monkeypatch.delenv(moto_patches.BATCH_UNPROCESSED_ENV)
+    default = moto_patches.BatchGetUnkindness.from_environment()
+    assert default.unprocessed == 0.0 and default.seed != moto_patches.BatchGetUnkindness.from_environment().seed
+
+
+# --- S3 ETags as an SSE-KMS bucket gives them: not the content's MD5 ---------------------------------
+
+
+def test_the_same_bytes_uploaded_twice_get_two_etags_that_reads_agree_with() -> None:
+    import hashlib
+
+    assert moto_patches.apply()
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="etags")
+        body = b"code,discount_value\r\nA-1,10\r\n"
+        first = s3.put_object(Bucket="etags", Key="a.csv", Body=body)["ETag"]
+        second = s3.put_object(Bucket="etags", Key="b.csv", Body=body)["ETag"]
+        # Then neither is the MD5 of the bytes, and they differ
+        assert first != second and hashlib.md5(body, usedforsecurity=False).hexdigest() not in (first.strip('"'), second.strip('"'))
+        # and every read of the object agrees with its own ETag
+        assert s3.head_object(Bucket="etags", Key="a.csv")["ETag"] == first
+        assert s3.get_object(Bucket="etags", Key="a.csv", IfMatch=first)["Body"].read() == body
+        with pytest.raises(ClientError):
+            s3.get_object(Bucket="etags", Key="a.csv", IfMatch=second)
+        assert {o["Key"]: o["ETag"] for o in s3.list_objects_v2(Bucket="etags")["Contents"]} == \
+            {"a.csv": first, "b.csv": second}
+        # and a multipart upload still completes from its parts' ETags
+        upload = s3.create_multipart_upload(Bucket="etags", Key="m.csv")["UploadId"]
+        part = s3.upload_part(Bucket="etags", Key="m.csv", UploadId=upload, PartNumber=1, Body=body)["ETag"]
+        done = s3.complete_multipart_upload(Bucket="etags", Key="m.csv", UploadId=upload,
+                                            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part}]})
+        assert done["ETag"].endswith('-1"')

@@ -4,6 +4,7 @@ results, ids, the record builder, generation requests). No AWS: fakes where a po
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import uuid
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from coupons.bulk_import import (
     neutralise,
     parse_header,
     parse_record,
+    plan_and_hash,
     plan_import,
     result_lines,
     results_key,
@@ -32,7 +34,7 @@ from coupons.bulk_import import (
 from coupons.crypto import CodeCipher
 from coupons.errors import JobNotFound, ValidationFailed
 from coupons.generation import GenerationRequest, GenerationService, plan_batches
-from coupons.jobs import JobService, derived_coupon_id, import_job_id, job_view
+from coupons.jobs import JOB_ID, JobService, derived_coupon_id, import_job_id, job_view
 from coupons.models import CouponCreate, resolve_spec, validation_details
 from coupons.settings import Settings
 from hypothesis import given, settings
@@ -245,6 +247,52 @@ class TestPlan:
         assert words in str(error.value)
 
 
+class TestContentHash:
+    """Issue 11, hole 8: the import's ids come from the content's SHA-256, computed in the planning pass."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(rows=st.lists(st.sampled_from(["A1,5", ",10", "B2,\"x,y\"", "", "C\xe9,1", '"open,1', "D4,7"]),
+                         max_size=30),
+           header=st.sampled_from(["code,discount_value", "code,amount", ""]),
+           cuts=st.lists(st.integers(min_value=1, max_value=64), min_size=1, max_size=8))
+    def test_the_hash_is_the_contents_whatever_the_chunks_and_whether_or_not_the_plan_fails(
+            self, rows: list[str], header: str, cuts: list[int]) -> None:
+        body = (header + "\r\n" + "\r\n".join(rows)).encode("latin-1") if header or rows else b""
+        chunks, at, i = [], 0, 0
+        while at < len(body):  # the same bytes cut at arbitrary points
+            chunks.append(body[at:at + cuts[i % len(cuts)]])
+            at += cuts[i % len(cuts)]
+            i += 1
+        digest, outcome = plan_and_hash(iter(chunks), range_bytes=32)
+        # Then the digest is the content's, even when planning stopped early at a broken row
+        assert digest == hashlib.sha256(body).hexdigest()
+        # and the plan (or its problems) is what planning alone finds
+        try:
+            expected: Any = plan_import([body], range_bytes=32)
+        except FileProblems as problems:
+            expected = problems
+        if isinstance(expected, FileProblems):
+            assert isinstance(outcome, FileProblems) and outcome.problems == expected.problems
+        else:
+            assert not isinstance(outcome, FileProblems)
+            assert (outcome.rows, outcome.header, outcome.ranges) == (expected.rows, expected.header,
+                                                                      expected.ranges)
+
+    def test_reading_is_one_pass_of_bounded_chunks(self) -> None:
+        pulled: list[int] = []
+
+        def stream() -> Any:
+            for i in range(200):
+                chunk = f"C{i:05d},10\r\n".encode() * 100
+                pulled.append(len(chunk))
+                yield (b"code,discount_value\r\n" if i == 0 else b"") + chunk
+
+        digest, outcome = plan_and_hash(stream(), range_bytes=64 * 1024)
+        assert len(pulled) == 200 and not isinstance(outcome, FileProblems) and outcome.rows == 20_000
+        assert digest == hashlib.sha256(b"code,discount_value\r\n" + b"".join(
+            f"C{i:05d},10\r\n".encode() * 100 for i in range(200))).hexdigest()
+
+
 # --- results ------------------------------------------------------------------------------------
 
 
@@ -269,11 +317,14 @@ class TestResults:
 
 
 class TestIds:
-    def test_import_job_id_is_a_function_of_the_object_version(self) -> None:
-        first = import_job_id("b", "incoming/x.csv", '"abc"')
-        assert first == import_job_id("b", "incoming/x.csv", "abc")
-        assert first != import_job_id("b", "incoming/x.csv", "abd")
-        assert first != import_job_id("b", "incoming/y.csv", "abc")
+    def test_import_job_id_is_a_function_of_bucket_key_and_content(self) -> None:
+        # (it took the ETag before issue 11; it now takes the content's SHA-256, see plan_and_hash)
+        content = hashlib.sha256(b"code,discount_value\r\nA,1\r\n").hexdigest()
+        first = import_job_id("b", "incoming/x.csv", content)
+        assert first == import_job_id("b", "incoming/x.csv", content) and JOB_ID.fullmatch(first)
+        assert first != import_job_id("b", "incoming/x.csv", hashlib.sha256(b"other").hexdigest())
+        assert first != import_job_id("b", "incoming/y.csv", content)
+        assert first != import_job_id("c", "incoming/x.csv", content)
 
     def test_derived_coupon_ids_follow_the_configured_format(self) -> None:
         as_uuid = derived_coupon_id("uuid", "import/b/etag/1")

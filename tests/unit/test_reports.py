@@ -7,11 +7,12 @@ import io
 import json
 from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
-from typing import IO, Any
+from typing import Any
 
 import pytest
-from coupons import reports
+from coupons import report_chart, report_files, report_range, reports
 from coupons.errors import ValidationFailed
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -62,9 +63,11 @@ class FakeSink:
     def put_bytes(self, key: str, body: bytes, content_type: str) -> None:
         self.objects[key] = (body, content_type)
 
-    def put_file(self, key: str, body: IO[bytes], content_type: str) -> None:
-        body.seek(0)
-        self.objects[key] = (body.read(), content_type)
+    @contextmanager
+    def open_stream(self, key: str, content_type: str) -> Iterator[io.BytesIO]:
+        stream = io.BytesIO()
+        yield stream
+        self.objects[key] = (stream.getvalue(), content_type)
 
 
 def at(day: date, hh: int, mm: int = 0) -> str:
@@ -90,7 +93,7 @@ def busy_day() -> FakeSource:
 
 def test_given_a_day_when_summarised_then_counts_and_net_totals_per_currency_channel_and_coupon(
         busy_day: FakeSource) -> None:
-    body = reports.summary(busy_day, DAY, DAY)
+    body = report_range.summary(busy_day, DAY, DAY)
     assert (body["from"], body["to"]) == ("2026-05-01", "2026-05-01")
     assert (body["redemptions"], body["rollbacks"]) == (4, 1)
     assert body["discount_totals"] == {"EUR": 1033, "USD": 250}  # r-a given back the same day
@@ -107,18 +110,18 @@ def test_given_a_day_when_summarised_then_counts_and_net_totals_per_currency_cha
 
 
 def test_a_rollback_counts_on_the_day_it_is_made(busy_day: FakeSource) -> None:
-    body = reports.summary(busy_day, NEXT, NEXT)
+    body = report_range.summary(busy_day, NEXT, NEXT)
     assert (body["redemptions"], body["rollbacks"]) == (1, 2)
     assert body["discount_totals"] == {"EUR": -700, "USD": 0}
-    both = reports.summary(busy_day, DAY, NEXT)
+    both = report_range.summary(busy_day, DAY, NEXT)
     assert (both["redemptions"], both["rollbacks"]) == (5, 3)
     assert both["discount_totals"] == {"EUR": 333, "USD": 250}
     assert both["failed_attempts"] == 7 and len(both["suspicious"]) == 1
 
 
 def test_a_range_is_the_sum_of_its_days(busy_day: FakeSource) -> None:
-    one, two = reports.summary(busy_day, DAY, DAY), reports.summary(busy_day, NEXT, NEXT)
-    both = reports.summary(busy_day, DAY, NEXT)
+    one, two = report_range.summary(busy_day, DAY, DAY), report_range.summary(busy_day, NEXT, NEXT)
+    both = report_range.summary(busy_day, DAY, NEXT)
     for currency in ("USD", "EUR"):
         assert both["discount_totals"][currency] == one["discount_totals"].get(currency, 0) + \
             two["discount_totals"].get(currency, 0)
@@ -130,17 +133,17 @@ def parse_csv(data: bytes) -> list[dict[str, str]]:
 
 def test_the_daily_report_rows_reconcile_exactly_with_summary_json(busy_day: FakeSource) -> None:
     sink = FakeSink()
-    result = reports.daily_report(busy_day, sink, DAY)
+    result = report_files.daily_report(busy_day, sink, DAY)
     data, content_type = sink.objects["daily/2026-05-01/redemptions.csv"]
     assert content_type.startswith("text/csv")
     rows = parse_csv(data)
-    assert list(rows[0]) == list(reports.CSV_COLUMNS)
+    assert list(rows[0]) == list(report_files.CSV_COLUMNS)
     assert [(r["event"], r["redemption_id"]) for r in rows] == [
         ("redeemed", "r-a"), ("redeemed", "r-b"), ("redeemed", "r-c"), ("rolled_back", "r-a"),
         ("redeemed", "r-d")]
     assert rows[3]["discount_amount"] == "-1000" and rows[3]["at"] == at(DAY, 12)
     summary = json.loads(sink.objects["daily/2026-05-01/summary.json"][0])
-    assert summary == reports.summary(busy_day, DAY, DAY)
+    assert summary == report_range.summary(busy_day, DAY, DAY)
     net: dict[str, int] = defaultdict(int)
     for row in rows:
         net[row["currency"]] += int(row["discount_amount"])
@@ -150,12 +153,14 @@ def test_the_daily_report_rows_reconcile_exactly_with_summary_json(busy_day: Fak
     assert result["rows"] == 5
 
 
-def test_an_empty_day_still_writes_all_three_files() -> None:
+def test_an_empty_day_still_writes_all_four_files() -> None:
     sink = FakeSink()
-    reports.daily_report(FakeSource(), sink, DAY)
+    report_files.daily_report(FakeSource(), sink, DAY)
     assert sorted(sink.objects) == ["daily/2026-05-01/chart.html", "daily/2026-05-01/redemptions.csv",
-                                    "daily/2026-05-01/summary.json"]
-    assert sink.objects["daily/2026-05-01/redemptions.csv"][0].decode().splitlines() == [",".join(reports.CSV_COLUMNS)]
+                                    "daily/2026-05-01/summary.json", "daily/2026-05-01/suspicious.csv"]
+    assert sink.objects["daily/2026-05-01/redemptions.csv"][0].decode().splitlines() == [",".join(report_files.CSV_COLUMNS)]
+    assert sink.objects["daily/2026-05-01/suspicious.csv"][0].decode().splitlines() == [
+        ",".join(report_files.SUSPICIOUS_COLUMNS)]
 
 
 @pytest.mark.parametrize("value", ["=HYPERLINK(\"http://x\")", "+1+1", "-2+3", "@SUM(A1)", "\tx", "\r=1"])
@@ -169,7 +174,7 @@ def test_user_supplied_values_cannot_become_formulas_but_amounts_stay_numbers() 
     item = source.redeem("r-x", at(DAY, 8), order="=cmd|' /C calc'!A0", user="@evil", amount=500)
     source.roll_back(item, at(DAY, 9))
     sink = FakeSink()
-    reports.daily_report(source, sink, DAY)
+    report_files.daily_report(source, sink, DAY)
     rows = parse_csv(sink.objects["daily/2026-05-01/redemptions.csv"][0])
     assert rows[0]["order_id"] == "'=cmd|' /C calc'!A0" and rows[0]["user_id"] == "'@evil"
     assert [r["discount_amount"] for r in rows] == ["500", "-500"]
@@ -186,7 +191,7 @@ def test_totals_always_reconcile_with_the_csv(redemptions: list[tuple[int, int, 
         if rolled:
             source.roll_back(item, at(DAY, 23, 30))
     sink = FakeSink()
-    reports.daily_report(source, sink, DAY)
+    report_files.daily_report(source, sink, DAY)
     rows = parse_csv(sink.objects["daily/2026-05-01/redemptions.csv"][0])
     summary = json.loads(sink.objects["daily/2026-05-01/summary.json"][0])
     net: dict[str, int] = defaultdict(int)
@@ -207,7 +212,7 @@ def test_by_coupon_is_capped_and_says_so(monkeypatch: pytest.MonkeyPatch) -> Non
     for n in range(5):
         for k in range(n + 1):
             source.redeem(f"r-{n}-{k}", at(DAY, 10), coupon=f"c-{n}")
-    body = reports.summary(source, DAY, DAY)
+    body = report_range.summary(source, DAY, DAY)
     assert [c["coupon_id"] for c in body["by_coupon"]] == ["c-4", "c-3", "c-2"]
     assert body["by_coupon_truncated"] is True
 
@@ -215,7 +220,7 @@ def test_by_coupon_is_capped_and_says_so(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_the_chart_is_a_self_contained_page_with_the_figures_and_escaped_ids(busy_day: FakeSource) -> None:
     busy_day.redeem("r-z", at(DAY, 15), coupon="<script>alert(1)</script>", campaign="x")
     sink = FakeSink()
-    reports.daily_report(busy_day, sink, DAY)
+    report_files.daily_report(busy_day, sink, DAY)
     page, content_type = sink.objects["daily/2026-05-01/chart.html"]
     text = page.decode()
     assert content_type.startswith("text/html")
@@ -228,7 +233,7 @@ def test_the_chart_is_a_self_contained_page_with_the_figures_and_escaped_ids(bus
 @pytest.mark.parametrize(("amount", "currency", "shown"), [(123456, "USD", "1,234.56 USD"), (-5, "EUR", "-0.05 EUR"),
                                                            (1500, "JPY", "1,500 JPY"), (1234, "KWD", "1.234 KWD")])
 def test_money_is_shown_in_the_currency_s_minor_units(amount: int, currency: str, shown: str) -> None:
-    assert reports.money(amount, currency) == shown
+    assert report_chart.money(amount, currency) == shown
 
 
 # --- dates --------------------------------------------------------------------------------------
@@ -252,12 +257,12 @@ def test_a_full_leap_year_is_the_longest_range() -> None:
 
 def test_the_scheduled_run_reports_the_previous_utc_day_unless_a_date_is_given() -> None:
     now = datetime(2026, 5, 2, 1, 0, 5, tzinfo=UTC)
-    assert reports.scheduled_day({"time": "2026-05-02T01:00:00Z"}, now) == DAY
-    assert reports.scheduled_day({}, now) == DAY
-    assert reports.scheduled_day({"detail": {"date": "2026-04-01"}}, now) == date(2026, 4, 1)
-    assert reports.scheduled_day({"date": "2026-04-02"}, now) == date(2026, 4, 2)
+    assert report_files.scheduled_day({"time": "2026-05-02T01:00:00Z"}, now) == DAY
+    assert report_files.scheduled_day({}, now) == DAY
+    assert report_files.scheduled_day({"detail": {"date": "2026-04-01"}}, now) == date(2026, 4, 1)
+    assert report_files.scheduled_day({"date": "2026-04-02"}, now) == date(2026, 4, 2)
     with pytest.raises(ValidationFailed):
-        reports.scheduled_day({"detail": {"date": "yesterday"}}, now)
+        report_files.scheduled_day({"detail": {"date": "yesterday"}}, now)
 
 
 def test_coupon_usage_is_built_from_the_counters_and_the_last_redemption() -> None:

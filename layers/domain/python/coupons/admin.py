@@ -57,6 +57,25 @@ def coupon_view(record: dict[str, Any], code: str, now: datetime) -> dict[str, A
     return view
 
 
+def _check_reactivation(old: dict[str, Any], patch: dict[str, Any], expires_at: datetime, now: datetime) -> None:
+    """Contract: `status: active` on an expired coupon needs a later `expires_at` in the same request.
+
+    Without one the coupon would stay expired (dates win over the stored status): a 400, not a
+    200 that silently changes nothing. Expired: stored as such, or past its `expires_at`.
+    """
+    if patch.get("status") != "active":
+        return
+    if old["status"] != "expired" and now < old["expires_at"]:
+        return
+    if patch.get("expires_at") is not None and expires_at > now:
+        return
+    message = "an expired coupon becomes active only with a later expires_at in the same request"
+    raise ValidationFailed(details=[
+        {"field": "status", "message": message},
+        {"field": "expires_at", "message": "send a time in the future to make this expired coupon active"},
+    ])
+
+
 class AdminService:
     def __init__(
         self,
@@ -134,6 +153,7 @@ class AdminService:
             merged.update({k: v for k, v in patch.items() if k in SPEC_FIELDS})
             merged = {k: v for k, v in merged.items() if v is not None or k in ("max_uses", "uses_per_user")}
             spec = checked_spec(merged)
+            _check_reactivation(old, patch, spec.expires_at, now)
             status = patch.get("status") or old["status"]
             if old["status"] == "expired" and "status" not in patch and spec.expires_at > now:
                 status = "active"  # extending an expired coupon brings it back

@@ -2,16 +2,18 @@
 
 Flow (each step is one SQS message to the import function):
 
-1. The S3 event for `incoming/<name>` starts (or finds) the import job, whose id is
-   derived from bucket + key + ETag (`jobs.import_job_id`): a redelivered event or a
-   second upload of the same object lands on the same job, which does nothing once
-   finished. A `results/<name>.json` marker names the job id at once.
-2. Planning streams the whole object once without writing anything: header checks,
-   UTF-8, record length, balanced quotes. A file-level problem fails the job with a
-   results file of error rows and creates nothing ("no partial garbage"). Records
-   are cut into byte ranges aligned on record boundaries (`IMPORT_RANGE_BYTES`); a
-   small file is one range processed in the same invocation, a large one becomes
-   one SQS message per range, processed in parallel.
+1. Planning streams the whole object once without writing anything: header checks,
+   UTF-8, record length, balanced quotes, and the SHA-256 of its bytes. Records are
+   cut into byte ranges aligned on record boundaries (`IMPORT_RANGE_BYTES`).
+2. The import job's id is derived from bucket + key + that SHA-256
+   (`jobs.import_job_id`), never from the ETag (SSE-KMS objects and multipart uploads
+   have ETags that are not content hashes): a redelivered event or a second upload of
+   the same bytes lands on the same job, which does nothing once finished. A
+   `results/<name>.json` marker names the job id. A file-level problem fails the job
+   with a results file of error rows and creates nothing ("no partial garbage"); a
+   small file is one range processed in the same invocation, a large one becomes one
+   SQS message per range, processed in parallel. Ranges read the content hash from the
+   job item, so every range derives the same coupon ids.
 3. A range streams its bytes (`Range` GET with `If-Match` on the ETag), validates
    each row with the same model as `POST /coupons` (`CouponCreate` then
    `resolve_spec`), builds the record the way `AdminService.create` does, and
@@ -35,8 +37,10 @@ in parallel it is the row whose range wrote it first.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -77,6 +81,7 @@ WRITE_BATCH = 50  # coupons per transaction
 TIME_MARGIN_MS = 60_000  # stop and hand over to a continuation message this long before the timeout
 BOM = b"\xef\xbb\xbf"
 RESULT_COLUMNS = ("row", "status", "coupon_id", "error")
+log = logging.getLogger(__name__)
 
 # --- reading records --------------------------------------------------------------------------
 
@@ -373,6 +378,37 @@ def _record_problem(error: RecordError, row: int) -> FileProblems:
     return FileProblems([(row, f"file rejected, nothing imported: {text}")])
 
 
+class ContentHash:
+    """Passes a byte stream through while hashing it: the planning pass also yields the content's
+    SHA-256, with no second read and nothing held (an S3 checksum is no substitute: a multipart
+    upload's is a checksum of part checksums, and the upload may carry none)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._sha256 = hashlib.sha256()
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._chunks:
+            self._sha256.update(chunk)
+            yield chunk
+
+    def hexdigest(self) -> str:
+        """The SHA-256 of the whole stream: what the reader left unread is read (and hashed) now."""
+        for chunk in self._chunks:
+            self._sha256.update(chunk)
+        return self._sha256.hexdigest()
+
+
+def plan_and_hash(chunks: Iterable[bytes], range_bytes: int) -> tuple[str, ImportPlan | FileProblems]:
+    """One pass over the object: its plan (or why it cannot be imported) and its content's SHA-256."""
+    hashing = ContentHash(chunks)
+    try:
+        outcome: ImportPlan | FileProblems = plan_import(hashing, range_bytes)
+    except FileProblems as problems:
+        outcome = problems
+    return hashing.hexdigest(), outcome
+
+
 def plan_import(chunks: Iterable[bytes], range_bytes: int) -> ImportPlan:
     """Check the whole file without writing anything and cut it into ranges of records."""
     records = iter_records(chunks)
@@ -473,11 +509,7 @@ class ImportService:
                 raise
             return
         for source in s3_sources(message):  # s3:TestEvent and other events name none
-            try:
-                self.start(source, remaining_ms)
-            except Exception as error:
-                self._give_up_if_last(import_job_id(source.bucket, source.key, source.etag), receive_count, error)
-                raise
+            self.start(source, remaining_ms, receive_count)
 
     def _give_up_if_last(self, job_id: str, receive_count: int, error: Exception) -> None:
         if receive_count >= MAX_RECEIVES:  # this message goes to the DLQ next: the job cannot finish
@@ -490,42 +522,54 @@ class ImportService:
 
     # --- start and plan ---
 
-    def start(self, source: SourceObject, remaining_ms: Remaining) -> str | None:
+    def start(self, source: SourceObject, remaining_ms: Remaining, receive_count: int = 1) -> str | None:
         if not source.key.startswith(INCOMING_PREFIX) or source.key.endswith("/"):
             return None  # a "folder" or an object outside incoming/
-        job_id = import_job_id(source.bucket, source.key, source.etag)
+        try:
+            content_sha256, outcome = plan_and_hash(
+                self._objects.stream(source.bucket, source.key, etag=source.etag, version_id=source.version_id),
+                self._settings.import_range_bytes)
+        except ObjectChanged:
+            # This version is gone (replaced or deleted before it was read): nothing to import. The
+            # version that replaced it has its own event.
+            log.warning("import of %s skipped: the object changed before it could be read", source.key)
+            return None
+        job_id = import_job_id(source.bucket, source.key, content_sha256)
+        try:
+            self._start_job(job_id, source, content_sha256, outcome, remaining_ms)
+        except Exception as error:
+            self._give_up_if_last(job_id, receive_count, error)
+            raise
+        return job_id
+
+    def _start_job(self, job_id: str, source: SourceObject, content_sha256: str,
+                   outcome: ImportPlan | FileProblems, remaining_ms: Remaining) -> None:
         job = self._jobs.get(job_id)
         if job is not None and job["status"] in TERMINAL:
-            return job_id  # a redelivery or a second upload of the same object: done already
+            return  # a redelivery or a second upload of the same bytes: done already
         if job is None:
             now = self._clock()
             item = new_job(
                 job_id, KIND_IMPORT, actor=source.actor, now=now, status="running", rejected=0, duplicates=0,
                 source_bucket=source.bucket, source_key=source.key, source_etag=source.etag,
-                source_version=source.version_id, result_bucket=source.bucket,
+                source_sha256=content_sha256, source_version=source.version_id, result_bucket=source.bucket,
                 result_key=results_key(source.key), ranges_total=0, ranges_done=0,
             )
             if self._jobs.create(item):
                 self._write_marker(item)
             job = self._jobs.get(job_id)
             assert job is not None
-        try:
-            plan = plan_import(self._stream(job), self._settings.import_range_bytes)
-        except FileProblems as problems:
-            self._fail_file(job, problems.problems)
-            return job_id
-        except ObjectChanged:
-            self._fail_file(job, [(0, "file rejected: the object changed while it was being imported;"
-                                      " its new version is imported on its own")])
-            return job_id
+        if isinstance(outcome, FileProblems):
+            self._fail_file(job, outcome.problems)
+            return
+        plan = outcome
         if not self._jobs.update(job_id, {"total": plan.rows, "ranges_total": len(plan.ranges),
                                           "header": plan.header, "updated_at": self._now()}):
-            return job_id
+            return
         if len(plan.ranges) == 1:
             self.run_range(job_id, plan.ranges[0], remaining_ms)
         else:
             self._queue.send(self._settings.imports_queue_url, [r.message(job_id) for r in plan.ranges])
-        return job_id
 
     def _stream(self, job: dict[str, Any], start: int = 0, end: int | None = None) -> Iterator[bytes]:
         return self._objects.stream(job["source_bucket"], job["source_key"], etag=job.get("source_etag"),
@@ -635,8 +679,9 @@ class ImportService:
                                     f"code: the same code is on row {first_seen[normalised]} of this file")
                     continue
                 first_seen[normalised] = row
-            coupon_id = derived_coupon_id(
-                self._settings.coupon_id_format, f"import/{job['source_bucket']}/{job['source_etag']}/{row}")
+            # From the content's hash (a job started before it was recorded falls back to its ETag).
+            coupon_id = derived_coupon_id(self._settings.coupon_id_format, f"import/{job['source_bucket']}/"
+                                          f"{job.get('source_sha256') or job['source_etag']}/{row}")
             record = build_record(self._admin, spec, code=request.code or self._code(), coupon_id=coupon_id,
                                   status=request.status or "active", actor=str(job["created_by"]), now=now)
             pending[row] = (request, PendingCoupon(row, record))

@@ -328,6 +328,7 @@ class CheckoutService:
                 self._store.init_shards(coupon, self._settings.hot_coupon_shards)
                 coupon["shards"] = shards = {"n": self._settings.hot_coupon_shards,
                                              "cap": cap_value(coupon.get("max_uses"))}
+                coupon["version"] = int(coupon.get("version") or 0) + 1  # the split bumped it
             except Cancelled as cancelled:  # another request split it first: go on with its split
                 old = cancelled.old(0)
                 if old is None or old.get("coupon_id") != coupon["coupon_id"] or not old.get("shards"):

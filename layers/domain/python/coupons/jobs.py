@@ -41,9 +41,11 @@ _ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 _ID_NAMESPACE = uuid.UUID("5b0e8a54-4c1f-4d55-9a53-7a3c0f1b2c61")
 
 
-def import_job_id(bucket: str, key: str, etag: str) -> str:
-    """The import job of one object version: the same upload always maps to the same job."""
-    digest = hashlib.sha256(f"{bucket}\n{key}\n{etag.strip(chr(34))}".encode()).hexdigest()
+def import_job_id(bucket: str, key: str, content_sha256: str) -> str:
+    """The import job of one object's content: the same bytes under the same key always map to the
+    same job. Never the ETag: for SSE-KMS objects and multipart uploads it is not a hash of the
+    content, so a re-upload of the same file would start a second job (issue 11, hole 8)."""
+    digest = hashlib.sha256(f"{bucket}\n{key}\n{content_sha256}".encode()).hexdigest()
     return f"imp-{digest[:40]}"
 
 

@@ -1,4 +1,7 @@
-"""Finance reports: the summary of a UTC date range, and the daily CSV + summary.json + chart.
+"""Finance reports: what the figures mean, and a day's aggregate.
+
+The summary of a range is `report_range.summary`; the daily files (CSV, suspicious.csv,
+summary.json, chart) are written by `report_files`.
 
 Definitions (one place, used by `GET /reports/summary`, summary.json and the CSV alike):
 
@@ -13,43 +16,42 @@ Definitions (one place, used by `GET /reports/summary`, summary.json and the CSV
   "discount_totals"}]`, most redemptions first (ties: coupon id), at most
   `BY_COUPON_LIMIT` entries (`by_coupon_truncated` says when there were more);
 - `failed_attempts`: failed guesses counted in the range; `suspicious`: the fraud
-  flags and lockouts raised in the range.
+  flags and lockouts raised in the range, the `SUSPICIOUS_LIMIT` highest by
+  `count` (`suspicious_rank`), with `suspicious_count` (all of them) and
+  `suspicious_truncated`; the daily files list every flag (`suspicious.csv`).
 
 The CSV has one row per redemption and per rollback; a rollback row carries the
 discount given back as a negative amount, so per currency the sum of the
 `discount_amount` column is exactly `discount_totals`.
+
+Because everything counts on the day it was *made*, a day's figures never change once
+the day is over: a rollback today of last month's redemption counts today. So each past
+day is kept as an aggregate (written by the daily job, or by the summary the first time
+it computes that day) and a range merges them; only days that may still receive writes
+(today, tomorrow for clocks a little ahead, and yesterday until `SETTLE_AFTER` past
+midnight) are read from the day indexes. See `report_range`.
 """
 
 from __future__ import annotations
 
-import csv
 import heapq
-import html
-import io
 import json
 import re
-import tempfile
-from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
-from typing import IO, Any, Protocol
+from datetime import date, timedelta
+from typing import Any, Protocol
 
 from .errors import ValidationFailed
 from .events import jsonable
 
 CHANNELS = ("web", "mobile", "pos")
 BY_COUPON_LIMIT = 1000
+SUSPICIOUS_LIMIT = 100  # flags in an API body; a day of a guessing campaign raises tens of thousands
 MAX_RANGE_DAYS = 366
-CSV_COLUMNS = ("at", "event", "redemption_id", "coupon_id", "campaign_id", "user_id", "order_id",
-               "channel", "currency", "discount_amount", "order_subtotal", "total_after_discount")
-SPOOL_BYTES = 8 * 1024 * 1024  # the CSV stays in memory up to this size, then spills to /tmp
+AGGREGATE_VERSION = 1
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
-# Minor-unit exponents that are not 2 (for display in the chart only; amounts stay integers).
-_EXPONENTS = {**dict.fromkeys(("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX",
-                               "UYI", "VND", "VUV", "XAF", "XOF", "XPF"), 0),
-              **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3)}
 
 
 # --- dates --------------------------------------------------------------------------------------
@@ -87,19 +89,40 @@ class ReportSource(Protocol):
 
     def failed_attempts(self, day: date) -> int: ...
 
-    def suspicious(self, day: date) -> list[dict[str, Any]]: ...
+    def suspicious(self, day: date) -> Iterable[dict[str, Any]]: ...
 
 
-class ReportSink(Protocol):
-    def put_bytes(self, key: str, body: bytes, content_type: str) -> None: ...
+@dataclass(frozen=True)
+class KeptDay:
+    """A kept day as a store hands it over: its small head now, its coupons decoded when merged.
 
-    def put_file(self, key: str, body: IO[bytes], content_type: str) -> None: ...
+    `head` is `Aggregate.to_dict()` without "coupons" (checked by `check_kept`); `coupons`
+    yields the coupon entries a slice at a time, so a year is merged one day at a time.
+    """
+
+    head: Mapping[str, Any]
+    coupons: Callable[[], Iterable[list[Any]]]
+
+
+def check_kept(head: Mapping[str, Any]) -> None:
+    """ValueError unless this head was kept in this version's form, with at least today's suspicious cap."""
+    if head.get("v") != AGGREGATE_VERSION:
+        raise ValueError("an aggregate of another version")
+    if len(head["suspicious"]) < min(int(head["suspicious_count"]), SUSPICIOUS_LIMIT):
+        raise ValueError("kept with a smaller suspicious cap")
+
+
+def kept_day(data: Mapping[str, Any]) -> KeptDay:
+    """A whole `Aggregate.to_dict()` as a KeptDay (checked)."""
+    head = {k: v for k, v in data.items() if k != "coupons"}
+    check_kept(head)
+    return KeptDay(head, lambda: data["coupons"])
 
 
 # --- aggregation --------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a year's range may hold a million coupons' totals
 class Totals:
     redemptions: int = 0
     rollbacks: int = 0
@@ -123,6 +146,22 @@ class Totals:
         return {"redemptions": self.redemptions, "rollbacks": self.rollbacks,
                 "discount_totals": dict(sorted(self.discount.items()))}
 
+    def packed(self) -> list[Any]:
+        return [self.redemptions, self.rollbacks, dict(sorted(self.discount.items()))]
+
+    @classmethod
+    def unpacked(cls, value: list[Any]) -> Totals:
+        return cls(int(value[0]), int(value[1]), {str(c): int(a) for c, a in value[2].items()})
+
+
+def suspicious_rank(entry: Any) -> tuple[int, str, str]:
+    """The order of `suspicious`: highest count first, then earliest, then the whole entry (a total order)."""
+    if isinstance(entry, Mapping):
+        count = entry.get("count")
+        when = entry.get("at") or entry.get("detected_at") or entry.get("created_at") or ""
+        return (-count if isinstance(count, int) else 0, str(when), json.dumps(entry, sort_keys=True, default=str))
+    return (0, "", str(entry))
+
 
 @dataclass
 class Aggregate:
@@ -132,7 +171,8 @@ class Aggregate:
     campaigns: dict[str, str | None] = field(default_factory=dict)
     hourly: list[list[int]] = field(default_factory=lambda: [[0, 0] for _ in range(24)])
     failed_attempts: int = 0
-    suspicious: list[dict[str, Any]] = field(default_factory=list)
+    suspicious: list[Any] = field(default_factory=list)  # the top SUSPICIOUS_LIMIT (kept pruned)
+    suspicious_count: int = 0
 
     def add(self, row: Row) -> None:
         rollback = row.event == "rolled_back"
@@ -145,6 +185,16 @@ class Aggregate:
         hour = int(row.at[11:13]) if len(row.at) >= 13 and row.at[11:13].isdigit() else 0
         self.hourly[hour % 24][1 if rollback else 0] += 1
 
+    def flag(self, entry: Mapping[str, Any]) -> None:
+        self.suspicious_count += 1
+        self.suspicious.append(jsonable(entry))
+        if len(self.suspicious) > 2 * SUSPICIOUS_LIMIT:
+            self._prune()
+
+    def _prune(self) -> None:
+        # The top N of a union is within the union of the top Ns: exact for days and ranges alike.
+        self.suspicious = heapq.nsmallest(SUSPICIOUS_LIMIT, self.suspicious, key=suspicious_rank)
+
     def merge(self, other: Aggregate) -> None:
         self.total.merge(other.total)
         for name, totals in other.by_channel.items():
@@ -156,12 +206,16 @@ class Aggregate:
             self.hourly[hour][0] += other.hourly[hour][0]
             self.hourly[hour][1] += other.hourly[hour][1]
         self.failed_attempts += other.failed_attempts
+        self.suspicious_count += other.suspicious_count
         self.suspicious.extend(other.suspicious)
+        if len(self.suspicious) > 2 * SUSPICIOUS_LIMIT:
+            self._prune()
 
     def summary(self, first: date, last: date) -> dict[str, Any]:
         channels = {name: Totals() for name in CHANNELS}
         channels.update(self.by_channel)
-        ranked = sorted(self.by_coupon.items(), key=lambda kv: (-kv[1].redemptions, kv[0]))
+        ranked = heapq.nsmallest(BY_COUPON_LIMIT + 1, self.by_coupon.items(), key=lambda kv: (-kv[1].redemptions,
+                                                                                                kv[0]))
         return {
             "from": first.isoformat(),
             "to": last.isoformat(),
@@ -173,19 +227,59 @@ class Aggregate:
                           for coupon_id, totals in ranked[:BY_COUPON_LIMIT]],
             "by_coupon_truncated": len(ranked) > BY_COUPON_LIMIT,
             "failed_attempts": self.failed_attempts,
-            "suspicious": sorted((jsonable(s) for s in self.suspicious), key=_suspicious_order),
+            "suspicious": heapq.nsmallest(SUSPICIOUS_LIMIT, self.suspicious, key=suspicious_rank),
+            "suspicious_count": self.suspicious_count,
+            "suspicious_truncated": self.suspicious_count > SUSPICIOUS_LIMIT,
         }
+
+    # A day as it is kept: everything a range needs, every coupon (by_coupon is ranked over the range).
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": AGGREGATE_VERSION,
+            "total": self.total.packed(),
+            "by_channel": {name: totals.packed() for name, totals in sorted(self.by_channel.items())},
+            "coupons": [[coupon_id, self.campaigns.get(coupon_id), *totals.packed()]
+                        for coupon_id, totals in sorted(self.by_coupon.items())],
+            "failed_attempts": self.failed_attempts,
+            "suspicious": sorted(self.suspicious, key=suspicious_rank)[:SUSPICIOUS_LIMIT],
+            "suspicious_count": self.suspicious_count,
+            "suspicious_limit": SUSPICIOUS_LIMIT,
+            "coupon_count": len(self.by_coupon),
+        }
+
+    def merge_kept(self, day: KeptDay) -> None:
+        """`merge` of a kept day, straight from its stored form (no per-day objects: a year stays cheap)."""
+        head = day.head
+        self.total.merge(Totals.unpacked(head["total"]))
+        for name, packed in head["by_channel"].items():
+            self.by_channel.setdefault(str(name), Totals()).merge(Totals.unpacked(packed))
+        by_coupon, campaigns = self.by_coupon, self.campaigns
+        for coupon_id, campaign_id, redemptions, rollbacks, discount in day.coupons():
+            totals = by_coupon.get(coupon_id)
+            if totals is None:
+                by_coupon[coupon_id] = Totals(redemptions, rollbacks, dict(discount))
+                campaigns.setdefault(coupon_id, campaign_id)
+                continue
+            totals.redemptions += redemptions
+            totals.rollbacks += rollbacks
+            for currency, amount in discount.items():
+                totals.discount[currency] = totals.discount.get(currency, 0) + amount
+        self.failed_attempts += int(head["failed_attempts"])
+        self.suspicious_count += int(head["suspicious_count"])
+        self.suspicious.extend(head["suspicious"])
+        if len(self.suspicious) > 2 * SUSPICIOUS_LIMIT:
+            self._prune()
+
+    @classmethod
+    def from_kept(cls, day: KeptDay) -> Aggregate:
+        aggregate = cls()
+        aggregate.merge_kept(day)
+        return aggregate
 
 
 def _channel_order(name: str) -> tuple[int, str]:
     return (CHANNELS.index(name) if name in CHANNELS else len(CHANNELS), name)
-
-
-def _suspicious_order(entry: Any) -> tuple[str, str]:
-    if isinstance(entry, Mapping):
-        when = entry.get("at") or entry.get("detected_at") or entry.get("created_at") or ""
-        return (str(when), json.dumps(entry, sort_keys=True, default=str))
-    return ("", str(entry))
 
 
 # --- rows ---------------------------------------------------------------------------------------
@@ -243,28 +337,19 @@ def csv_cell(value: str) -> str:
     return value
 
 
-def day_aggregate(source: ReportSource, day: date, *, sink_rows: Any = None) -> Aggregate:
+def day_aggregate(source: ReportSource, day: date, *, sink_rows: Callable[[Row], Any] | None = None,
+                  sink_flags: Callable[[Mapping[str, Any]], Any] | None = None) -> Aggregate:
     aggregate = Aggregate()
     for row in rows(source, day):
         aggregate.add(row)
         if sink_rows is not None:
             sink_rows(row)
     aggregate.failed_attempts = source.failed_attempts(day)
-    aggregate.suspicious = list(source.suspicious(day))
+    for entry in source.suspicious(day):
+        aggregate.flag(entry)
+        if sink_flags is not None:
+            sink_flags(entry)
     return aggregate
-
-
-def summary(source: ReportSource, first: date, last: date, *, workers: int = 8) -> dict[str, Any]:
-    """The body of `GET /reports/summary` (days are read in parallel and merged)."""
-    total = Aggregate()
-    span = days(first, last)
-    if len(span) == 1:
-        total.merge(day_aggregate(source, span[0]))
-    else:
-        with ThreadPoolExecutor(max_workers=min(workers, len(span))) as pool:
-            for partial in pool.map(lambda d: day_aggregate(source, d), span):
-                total.merge(partial)
-    return total.summary(first, last)
 
 
 # --- usage statistics of one coupon -------------------------------------------------------------
@@ -285,140 +370,3 @@ def coupon_usage(view: Mapping[str, Any], last_redeemed_at: str | None) -> dict[
         "utilisation": None if not max_uses else round(redeemed / int(max_uses), 4),
         "last_redeemed_at": last_redeemed_at,
     }
-
-
-# --- the daily report ---------------------------------------------------------------------------
-
-
-def report_keys(day: date) -> dict[str, str]:
-    prefix = f"daily/{day.isoformat()}"
-    return {"csv": f"{prefix}/redemptions.csv", "summary": f"{prefix}/summary.json",
-            "chart": f"{prefix}/chart.html"}
-
-
-def daily_report(source: ReportSource, sink: ReportSink, day: date) -> dict[str, Any]:
-    """Write the day's CSV, summary.json and chart; the CSV streams through a spooled file."""
-    keys = report_keys(day)
-    with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES, mode="w+b") as spool:
-        text = io.TextIOWrapper(spool, encoding="utf-8", newline="")
-        writer = csv.writer(text, lineterminator="\r\n")
-        writer.writerow(CSV_COLUMNS)
-        count = 0
-
-        def write(row: Row) -> None:
-            nonlocal count
-            writer.writerow(row.cells())
-            count += 1
-
-        aggregate = day_aggregate(source, day, sink_rows=write)
-        text.flush()
-        text.detach()
-        sink.put_file(keys["csv"], spool, "text/csv; charset=utf-8")
-    body = aggregate.summary(day, day)
-    sink.put_bytes(keys["summary"], json.dumps(body, indent=2).encode(), "application/json")
-    sink.put_bytes(keys["chart"], chart_html(body, aggregate.hourly).encode(), "text/html; charset=utf-8")
-    return {"date": day.isoformat(), "rows": count, "keys": keys,
-            "redemptions": body["redemptions"], "rollbacks": body["rollbacks"],
-            "discount_totals": body["discount_totals"]}
-
-
-# --- the chart ----------------------------------------------------------------------------------
-
-
-def money(amount: int, currency: str) -> str:
-    exponent = _EXPONENTS.get(currency, 2)
-    sign = "-" if amount < 0 else ""
-    whole, part = divmod(abs(amount), 10**exponent) if exponent else (abs(amount), 0)
-    text = f"{whole:,}" + (f".{part:0{exponent}d}" if exponent else "")
-    return f"{sign}{text} {currency}"
-
-
-def _bars_svg(hourly: list[list[int]]) -> str:
-    width, height, left, bottom, top = 760, 260, 44, 28, 12
-    plot_w, plot_h = width - left - 10, height - bottom - top
-    peak = max([1] + [max(h) for h in hourly])
-    slot = plot_w / 24
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-             f'aria-label="Redemptions and rollbacks per hour (UTC)">',
-             f'<line x1="{left}" y1="{top + plot_h}" x2="{width - 10}" y2="{top + plot_h}" stroke="#888"/>',
-             f'<text x="4" y="{top + 10}" font-size="11">{peak}</text>',
-             f'<text x="4" y="{top + plot_h}" font-size="11">0</text>']
-    for hour, (redeemed, rolled) in enumerate(hourly):
-        x = left + hour * slot
-        for offset, value, colour, label in ((2, redeemed, "#2b6cb0", "redeemed"),
-                                             (slot / 2, rolled, "#c53030", "rolled back")):
-            bar = plot_h * value / peak
-            parts.append(f'<rect x="{x + offset:.1f}" y="{top + plot_h - bar:.1f}" width="{slot / 2 - 3:.1f}" '
-                         f'height="{bar:.1f}" fill="{colour}"><title>{hour:02d}:00 {label}: {value}</title></rect>')
-        if hour % 3 == 0:
-            parts.append(f'<text x="{x + 2:.1f}" y="{height - 10}" font-size="11">{hour:02d}h</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def chart_html(body: Mapping[str, Any], hourly: list[list[int]]) -> str:
-    """A self-contained page (inline SVG and CSS, no script, nothing fetched) a person reads at a glance."""
-    esc = html.escape
-    day = esc(str(body["from"])) if body["from"] == body["to"] else f"{esc(body['from'])} to {esc(body['to'])}"
-    totals = "".join(f"<li><b>{esc(money(v, c))}</b></li>" for c, v in body["discount_totals"].items()) or \
-        "<li>none</li>"
-    channel_rows = "".join(
-        f"<tr><td>{esc(name)}</td><td>{t['redemptions']}</td><td>{t['rollbacks']}</td>"
-        f"<td>{esc(', '.join(money(v, c) for c, v in t['discount_totals'].items()) or '-')}</td></tr>"
-        for name, t in body["by_channel"].items())
-    coupon_rows = "".join(
-        f"<tr><td><code>{esc(str(c['coupon_id']))}</code></td><td>{esc(str(c['campaign_id'] or ''))}</td>"
-        f"<td>{c['redemptions']}</td><td>{c['rollbacks']}</td>"
-        f"<td>{esc(', '.join(money(v, cur) for cur, v in c['discount_totals'].items()) or '-')}</td></tr>"
-        for c in body["by_coupon"][:10])
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
-<title>Coupon redemptions {day} (UTC)</title>
-<style>
-body{{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#1a202c}}
-.cards{{display:flex;gap:16px;flex-wrap:wrap}}.card{{border:1px solid #cbd5e0;border-radius:6px;padding:10px 16px}}
-.card b{{font-size:22px;display:block}}table{{border-collapse:collapse;margin-top:8px}}
-td,th{{border-bottom:1px solid #e2e8f0;padding:4px 10px;text-align:left}}ul{{margin:4px 0;padding:0;list-style:none}}
-.key span{{display:inline-block;width:10px;height:10px;margin:0 4px 0 12px}}
-</style></head><body>
-<h1>Coupon redemptions, {day} (UTC)</h1>
-<div class="cards">
-<div class="card">Redemptions<b>{body['redemptions']}</b></div>
-<div class="card">Rollbacks<b>{body['rollbacks']}</b></div>
-<div class="card">Failed attempts<b>{body['failed_attempts']}</b></div>
-<div class="card">Suspicious<b>{len(body['suspicious'])}</b></div>
-<div class="card">Discount given (net)<ul>{totals}</ul></div>
-</div>
-<h2>Per hour</h2>
-<div class="key"><span style="background:#2b6cb0"></span>redeemed<span style="background:#c53030"></span>rolled back</div>
-{_bars_svg(hourly)}
-<h2>By channel</h2>
-<table><tr><th>channel</th><th>redemptions</th><th>rollbacks</th><th>discount (net)</th></tr>{channel_rows}</table>
-<h2>Top coupons</h2>
-<table><tr><th>coupon</th><th>campaign</th><th>redemptions</th><th>rollbacks</th><th>discount (net)</th></tr>
-{coupon_rows or '<tr><td colspan="5">no redemptions</td></tr>'}</table>
-</body></html>
-"""
-
-
-def scheduled_day(event: Mapping[str, Any], now: datetime) -> date:
-    """The day a report run is for: `date` (or `detail.date`) if given, else the day before the event's time."""
-    detail = event.get("detail")
-    asked = (detail.get("date") if isinstance(detail, Mapping) else None) or event.get("date")
-    if asked:
-        return parse_day(str(asked), "date")
-    when = event.get("time")
-    if isinstance(when, str):
-        try:
-            now = datetime.fromisoformat(when.replace("Z", "+00:00"))
-        except ValueError:
-            raise ValidationFailed(details=[{"field": "time", "message": "not a timestamp"}]) from None
-        if now.tzinfo is None:
-            now = now.replace(tzinfo=UTC)
-    return previous_day(now)
-
-
-def previous_day(moment: datetime) -> date:
-    """The UTC day before this moment's UTC day (what the 01:00 UTC run reports on)."""
-    return (moment.astimezone(UTC) - timedelta(days=1)).date()

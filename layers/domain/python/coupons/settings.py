@@ -29,6 +29,7 @@ ENV_NAMES: dict[str, str] = {
     "coupons_table": "COUPONS_TABLE",
     "guards_table": "GUARDS_TABLE",
     "jobs_table": "JOBS_TABLE",
+    "reports_table": "REPORTS_TABLE",
     "kms_key_id": "KMS_KEY_ID",
     "code_key_version": "CODE_KEY_VERSION",
     "event_bus_name": "EVENT_BUS_NAME",
@@ -73,6 +74,7 @@ class Settings(BaseModel):
     coupons_table: str = "coupons"
     guards_table: str = "coupons-guards"
     jobs_table: str = "coupons-jobs"
+    reports_table: str = "coupons-reports"  # kept per-day report aggregates
     kms_key_id: str = "alias/coupons"
     code_key_version: int = Field(default=1, ge=1)
     event_bus_name: str = "coupons"

@@ -14,7 +14,11 @@ Coupons table (besides the coupon items of coupon_store):
 
   A sharded coupon item carries one map `shards` = {n, cap, exhausted_at?, exhausted_cap?}.
   Shards have their own partition keys (write sharding needs distinct partitions) and are
-  keyed by coupon id, so a re-code does not orphan them.
+  keyed by coupon id, so a re-code does not orphan them. Every write of that map (split,
+  rebalance, exhausted hint and its clearing) bumps the coupon's `version` (coupon_store), so
+  an admin edit or re-code that read the coupon before it fails and re-reads instead of
+  writing back a coupon without its marker; the split, rebalance and hint are themselves
+  guarded by the version they read.
 
 Usage by coupon id, found in the one read
     A customer's uses belong to the coupon, not to its code: a new code (an admin's answer
@@ -50,7 +54,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ..clock import epoch, iso
 from ..errors import TryAgain
 from ..guards import Counts, Window
-from .coupon_store import code_pk, coupon_record, id_pk
+from .coupon_store import code_pk, coupon_record, id_pk, version_guard, version_of
 from .dynamo import Item, StoreBusy, busy_or, error_code, from_item, key, paged_query, to_item, to_value
 from .guard_store import GuardStore, fail_key, fraud_flag, ip_users_key, window_of
 
@@ -277,6 +281,14 @@ class CheckoutStore(GuardStore):
         The usage item is the coupon's (keyed by its id), incremented only while below
         `uses_per_user`: that condition, not the read, is what holds the per-customer limit.
         A guest's redemption has no usage item (a guest may use only coupons without that limit).
+
+        On the coupon's own counter, the transaction re-checks that the coupon is still the
+        version read (coupon_store.version_guard): every edit, sweep or split since bumps it,
+        whereas a counter change does not (the counter has its own condition). The version
+        rather than `updated_at`: it moves on every such write, including two edits within the
+        same clock tick. Exhausted-hint writes bump it too, but only on sharded coupons, which
+        this path refuses anyway (`attribute_not_exists(shards)`); the sharded path conditions on
+        its shard only, never on the coupon item, so neither hints nor edits contend with it.
         """
         cid = coupon["coupon_id"]
         now_values = {":now": to_value(epoch(now)), ":one": to_value(1), ":cid": to_value(cid)}
@@ -287,10 +299,11 @@ class CheckoutStore(GuardStore):
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }}]
         if shard is None:
+            guard, versions = version_guard(version_of(coupon))
             condition = ("coupon_id = :cid AND #status = :active AND starts_epoch <= :now AND expires_epoch > :now "
-                         "AND updated_at = :seen AND attribute_not_exists(shards)")
+                         f"AND {guard} AND attribute_not_exists(shards)")
             values = {**now_values, ":active": to_value("active"), ":zero": to_value(0),
-                      ":seen": to_value(iso(coupon["updated_at"]))}
+                      ":seen_version": versions[":seen_version"]}
             if coupon.get("max_uses") is not None:
                 condition += " AND redeemed_count < :max"
                 values[":max"] = to_value(coupon["max_uses"])
@@ -391,9 +404,9 @@ class CheckoutStore(GuardStore):
             items.append({"Update": {
                 "TableName": self._coupons,
                 "Key": coupon_key(clear_hint),
-                "UpdateExpression": "REMOVE shards.exhausted_at, shards.exhausted_cap",
+                "UpdateExpression": "REMOVE shards.exhausted_at, shards.exhausted_cap ADD version :one",
                 "ConditionExpression": "coupon_id = :cid AND attribute_exists(shards)",
-                "ExpressionAttributeValues": {":cid": to_value(cid)},
+                "ExpressionAttributeValues": {":cid": to_value(cid), ":one": to_value(1)},
             }})
         self._transact(items)
 
@@ -417,21 +430,23 @@ class CheckoutStore(GuardStore):
         """Split the remaining cap across `count` shard items, once, atomically with the coupon's marker.
 
         Shard 0 also takes over the uses counted before the split, so that
-        Σ remaining + Σ redeemed = cap from the first moment on.
+        Σ remaining + Σ redeemed = cap from the first moment on. Guarded by the coupon's version
+        as read (a pause or edit since fails it) and bumps it.
         """
         cap = int(coupon["max_uses"])
         seen = int(coupon.get("redeemed_count", 0))
         left = max(0, cap - seen)
         shares = [left // count + (1 if i < left % count else 0) for i in range(count)]
+        guard, versions = version_guard(version_of(coupon))
         items: list[dict[str, Any]] = [{"Update": {
             "TableName": self._coupons,
             "Key": coupon_key(coupon["code_hash"]),
-            "UpdateExpression": "SET shards = :shards",
+            "UpdateExpression": "SET shards = :shards, version = :next_version",
             "ConditionExpression": "coupon_id = :cid AND attribute_not_exists(shards) AND redeemed_count = :seen "
-                                   "AND max_uses = :cap",
+                                   f"AND max_uses = :cap AND {guard}",
             "ExpressionAttributeValues": {":shards": to_value({"n": count, "cap": cap_value(cap)}),
                                           ":cid": to_value(coupon["coupon_id"]), ":seen": to_value(seen),
-                                          ":cap": to_value(cap)},
+                                          ":cap": to_value(cap), **versions},
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }}]
         for index, share in enumerate(shares):
@@ -452,19 +467,24 @@ class CheckoutStore(GuardStore):
         return sorted(items, key=lambda i: int(i["shard"]))
 
     def rebalance_shards(self, coupon: Mapping[str, Any], shards: list[Item], new_cap: int | None) -> None:
-        """Re-split the remaining cap after an admin changed max_uses (optimistic: fails on any race)."""
+        """Re-split the remaining cap after an admin changed max_uses (optimistic: fails on any race).
+
+        Guarded by the coupon's version as read, and bumps it.
+        """
         redeemed = sum(int(s["redeemed"]) for s in shards)
         left = 0 if new_cap is None else max(0, new_cap - redeemed)
         n = len(shards)
         shares = [left // n + (1 if i < left % n else 0) for i in range(n)]
         old = coupon["shards"]
+        guard, versions = version_guard(version_of(coupon))
         items: list[dict[str, Any]] = [{"Update": {
             "TableName": self._coupons,
             "Key": coupon_key(coupon["code_hash"]),
-            "UpdateExpression": "SET shards = :shards",
-            "ConditionExpression": "coupon_id = :cid AND shards.cap = :old",
+            "UpdateExpression": "SET shards = :shards, version = :next_version",
+            "ConditionExpression": f"coupon_id = :cid AND shards.cap = :old AND {guard}",
             "ExpressionAttributeValues": {":shards": to_value({"n": int(old["n"]), "cap": cap_value(new_cap)}),
-                                          ":old": to_value(old["cap"]), ":cid": to_value(coupon["coupon_id"])},
+                                          ":old": to_value(old["cap"]), ":cid": to_value(coupon["coupon_id"]),
+                                          **versions},
         }}]
         for shard, share in zip(shards, shares, strict=True):
             items.append({"Update": {
@@ -478,15 +498,21 @@ class CheckoutStore(GuardStore):
         self._transact(items)
 
     def mark_exhausted(self, coupon: Mapping[str, Any], now: datetime) -> None:
-        """Best effort: remember that every shard was found empty (a hint for validate and redeem)."""
+        """Best effort: remember that every shard was found empty (a hint for validate and redeem).
+
+        Guarded by the coupon's version as read: a rollback (which clears the hint and bumps the
+        version) or an edit since then means the shards seen empty may not be any more.
+        """
         shards = coupon["shards"]
+        guard, versions = version_guard(version_of(coupon))
         try:
             self._db.update_item(
                 TableName=self._coupons, Key=coupon_key(coupon["code_hash"]),
-                UpdateExpression="SET shards.exhausted_at = :at, shards.exhausted_cap = :cap",
-                ConditionExpression="coupon_id = :cid AND shards.cap = :cap",
+                UpdateExpression="SET shards.exhausted_at = :at, shards.exhausted_cap = :cap, "
+                                 "version = :next_version",
+                ConditionExpression=f"coupon_id = :cid AND shards.cap = :cap AND {guard}",
                 ExpressionAttributeValues={":at": to_value(epoch(now)), ":cap": to_value(shards.get("cap")),
-                                           ":cid": to_value(coupon["coupon_id"])},
+                                           ":cid": to_value(coupon["coupon_id"]), **versions},
             )
         except (ClientError, BotoCoreError):
             return

@@ -5,22 +5,31 @@ Key layout (see docs/data-model.md):
 - id pointer    pk=COUPON#<id>          sk=COUPON   (code_hash; tombstone after delete)
 - wrapped key   pk=KEYRING              sk=V#<n>
 GSIs on coupon items: gsi1 status, gsi2 campaign, gsi3 expiry (sparse, sharded).
+
+A coupon item carries a `version` (a number; an item stored before it existed counts as 0).
+Every write of an attribute other than the counters bumps it: admin edits, the expiry sweep,
+a hot coupon's split, rebalance and exhausted hint (checkout_store). A writer that decided
+from a read conditions on the version it read, so no such write is lost to another. The
+counters (`redeemed_count`) move without it: an in-place edit never writes them, so they
+cannot conflict; the re-code, which copies the whole item, conditions on them as well.
 """
 
 from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from ..clock import epoch, iso, parse_iso
-from ..errors import CodeAlreadyExists, CouponNotFound
+from ..errors import CodeAlreadyExists, CouponNotFound, TryAgain
 from .dynamo import Item, error_code, from_item, key, paged_query, to_item, to_value, translate
 
 EXPIRY_SHARDS = 4
+BATCH_GET_ATTEMPTS = 4  # BatchGetItem calls for one read, while DynamoDB leaves keys unprocessed
 LIVE_STATUSES = ("active", "disabled")
 SPEC_FIELDS = (
     "discount_type", "discount_value", "currency", "max_discount_amount", "min_order_amount",
@@ -34,6 +43,24 @@ SPEC_FIELDS = (
 # Creating (or re-coding to) a code requires those items absent, in the same transaction, so one
 # code never lives under two versions (see coupons/crypto.py, key rotation).
 OTHER_HASHES = "other_code_hashes"
+
+# Written by others than an edit: an in-place edit never writes them (see CouponStore.replace).
+NOT_EDITED = frozenset({"pk", "sk", "entity", "coupon_id", "created_at", "created_by", "redeemed_count",
+                        "shards", "version"})
+
+
+def version_of(record: Mapping[str, Any]) -> int:
+    return int(record.get("version") or 0)
+
+
+def version_guard(seen: int) -> tuple[str, dict[str, Any]]:
+    """The condition that a coupon item is still at version `seen` (missing counts as 0).
+
+    Uses the placeholders :seen_version (here) and :next_version (the writer's, = seen + 1).
+    """
+    condition = "version = :seen_version" if seen else \
+        "(attribute_not_exists(version) OR version = :seen_version)"
+    return condition, {":seen_version": to_value(seen), ":next_version": to_value(seen + 1)}
 
 
 def code_pk(code_hash: str) -> str:
@@ -97,6 +124,7 @@ def coupon_record(item: Item) -> dict[str, Any]:
                   "excluded_categories", "allowed_domains"):
         record.setdefault(field, [])
     record.setdefault("redeemed_count", 0)
+    record["version"] = version_of(record)
     return record
 
 
@@ -140,22 +168,33 @@ class CouponStore:
     # --- reads ---------------------------------------------------------------------------
 
     def get_by_indexes(self, code_hashes: list[str]) -> dict[str, Any] | None:
-        """The live coupon stored under any of these blind indexes (one round trip)."""
+        """The live coupon stored under any of these blind indexes (one round trip), the first index
+        given winning: BatchGetItem returns items in any order, and keys it left unprocessed are
+        asked again (issue 11: moto answered in order and whole, DynamoDB does neither)."""
         try:
             if len(code_hashes) == 1:
                 raw = self._db.get_item(TableName=self._table, Key=key(code_pk(code_hashes[0]), "COUPON"))
                 items = [raw["Item"]] if "Item" in raw else []
             else:
-                raw = self._db.batch_get_item(RequestItems={self._table: {
-                    "Keys": [key(code_pk(h), "COUPON") for h in code_hashes]}})
-                items = raw.get("Responses", {}).get(self._table, [])
+                items = self._batch_get([key(code_pk(h), "COUPON") for h in code_hashes])
         except ClientError as error:
             raise translate(error) from error
-        for item in items:
-            plain = from_item(item)
-            if plain is not None:
-                return coupon_record(plain)
+        found = {plain["pk"]: plain for plain in (from_item(item) for item in items) if plain is not None}
+        for code_hash in code_hashes:
+            if code_pk(code_hash) in found:
+                return coupon_record(found[code_pk(code_hash)])
         return None
+
+    def _batch_get(self, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        pending: dict[str, Any] = {self._table: {"Keys": keys}}
+        for _ in range(BATCH_GET_ATTEMPTS):
+            page = self._db.batch_get_item(RequestItems=pending)
+            items.extend(page.get("Responses", {}).get(self._table, []))
+            pending = page.get("UnprocessedKeys") or {}
+            if not pending:
+                return items
+        raise TryAgain(retry_after=1)  # still throttled after the retries
 
     def get_pointer(self, coupon_id: str) -> Item | None:
         try:
@@ -220,23 +259,28 @@ class CouponStore:
         ])
 
     def replace(self, old: dict[str, Any], new: dict[str, Any]) -> None:
-        """Write an edited coupon, guarded against concurrent edits and counter changes.
+        """Write an edited coupon, guarded by the version read (StaleWrite when anyone wrote it since).
 
-        The counter is re-read inside the condition, so an edit never undoes a redemption
-        that landed in between (that edit fails and is retried by the caller).
+        In place, only the attributes the edit changed are written (UpdateItem): the counters and
+        the shard marker are never written back, so a redemption landing in between is no conflict,
+        and a split, rebalance, hint or sweep in between (each bumps the version) fails the edit,
+        which the caller re-applies to a fresh read.
         """
-        item = coupon_item(new)
-        guard = "attribute_exists(pk) AND updated_at = :seen AND redeemed_count = :count"
-        values = {":seen": to_value(iso(old["updated_at"])), ":count": to_value(old.get("redeemed_count", 0))}
+        seen = version_of(old)
+        guard, guard_values = version_guard(seen)
         if old["code_hash"] == new["code_hash"]:
-            self._transact([{"Put": {"TableName": self._table, "Item": to_item(item),
-                                     "ConditionExpression": guard,
-                                     "ExpressionAttributeValues": values}}])
+            self._update_in_place(old, new, guard, guard_values)
             return
-        # A new code: the coupon moves to its new blind index, the pointer follows.
+        # A new code: the whole item moves to its new blind index, the pointer follows. The Put
+        # copies the shard marker and the counter as read, so the Delete conditions on both.
+        counted = "redeemed_count = :count" if int(old.get("redeemed_count") or 0) else \
+            "(attribute_not_exists(redeemed_count) OR redeemed_count = :count)"
+        item = coupon_item({**new, "version": seen + 1})
         self._transact([
             {"Delete": {"TableName": self._table, "Key": key(code_pk(old["code_hash"]), "COUPON"),
-                        "ConditionExpression": guard, "ExpressionAttributeValues": values}},
+                        "ConditionExpression": f"attribute_exists(pk) AND {guard} AND {counted}",
+                        "ExpressionAttributeValues": {":seen_version": guard_values[":seen_version"],
+                                                      ":count": to_value(int(old.get("redeemed_count") or 0))}}},
             {"Put": {"TableName": self._table, "Item": to_item(item),
                      "ConditionExpression": "attribute_not_exists(pk)"}},
             {"Update": {"TableName": self._table, "Key": key(id_pk(new["coupon_id"]), "COUPON"),
@@ -244,6 +288,32 @@ class CouponStore:
                         "ExpressionAttributeValues": {":h": to_value(new["code_hash"])}}},
             *free_checks(self._table, new, own=old["code_hash"]),
         ])
+
+    def _update_in_place(self, old: dict[str, Any], new: dict[str, Any], guard: str,
+                         guard_values: dict[str, Any]) -> None:
+        before = {k: v for k, v in coupon_item(old).items() if v is not None and k not in NOT_EDITED}
+        after = {k: v for k, v in coupon_item(new).items() if v is not None and k not in NOT_EDITED}
+        changed = sorted(k for k, v in after.items() if before.get(k) != v or k in ("updated_at", "updated_by"))
+        gone = sorted(set(before) - set(after))
+        names = {f"#a{i}": name for i, name in enumerate([*changed, *gone])}
+        alias = {name: token for token, name in names.items()}
+        values = {f":a{i}": to_value(after[name]) for i, name in enumerate(changed)}
+        expression = "SET " + ", ".join([f"{alias[n]} = :a{i}" for i, n in enumerate(changed)] +
+                                        ["version = :next_version"])
+        if gone:
+            expression += " REMOVE " + ", ".join(alias[n] for n in gone)
+        try:
+            self._db.update_item(
+                TableName=self._table, Key=key(code_pk(old["code_hash"]), "COUPON"),
+                UpdateExpression=expression,
+                ConditionExpression=f"attribute_exists(pk) AND coupon_id = :cid AND {guard}",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues={**values, **guard_values, ":cid": to_value(old["coupon_id"])},
+            )
+        except ClientError as error:
+            if error_code(error) == "ConditionalCheckFailedException":
+                raise StaleWrite() from None
+            raise translate(error) from error
 
     def delete(self, record: dict[str, Any], *, actor: str, at: datetime) -> None:
         """Remove the coupon so its code stops working at once; the pointer stays as a tombstone."""

@@ -1,5 +1,7 @@
 """What the finance reports read and write: the day indexes, the guards table, the reports bucket.
 
+(The kept per-day aggregates are in `report_days`.)
+
 Redemptions are found through write-sharded day indexes on the coupons table
 (written by the checkout store):
 
@@ -19,15 +21,21 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from datetime import date
-from typing import IO, Any
+from typing import Any
 
 from botocore.exceptions import ClientError
 
 from .checkout_store import DAY_SHARDS  # the checkout store writes the day index and owns its shard count
 from .dynamo import Item, from_item, translate
+from .report_days import DynamoAggregateStore
+
+__all__ = ["DynamoAggregateStore", "DynamoReportSource", "MultipartStream", "S3ReportSink", "default_aggregates",
+           "default_sink", "default_source"]
 
 PAGE_LIMIT: int | None = None  # None: DynamoDB's own 1 MB pages (the fewest round trips)
+PART_BYTES = 8 * 1024 * 1024  # multipart part size (S3: at least 5 MB but the last); the memory a stream holds
 REDEMPTION_FIELDS = (
     "redemption_id", "coupon_id", "campaign_id", "user_id", "order_id", "channel", "currency",
     "discount_amount", "status", "redeemed_at", "rolled_back_at",
@@ -135,14 +143,12 @@ class DynamoReportSource:
         """Failed guesses (validate/redeem answered COUPON_NOT_FOUND) counted on this day."""
         return sum(int(item.get("count", 0) or 0) for item in self._guards_partition(f"FAILED#{day.isoformat()}"))
 
-    def suspicious(self, day: date) -> list[Item]:
-        """Fraud flags and lockouts raised on this day (storage keys left out)."""
-        flagged = []
+    def suspicious(self, day: date) -> Iterator[Item]:
+        """Fraud flags and lockouts raised on this day, page by page (storage keys left out)."""
         for item in self._guards_partition(f"FRAUD#{day.isoformat()}"):
-            flagged.append({k: v for k, v in item.items()
-                            if k not in ("pk", "sk", "ttl", "entity") and not k.startswith("gsi")
-                            and not isinstance(v, bytes | bytearray)})
-        return flagged
+            yield {k: v for k, v in item.items()
+                   if k not in ("pk", "sk", "ttl", "entity") and not k.startswith("gsi")
+                   and not isinstance(v, bytes | bytearray)}
 
 
 class S3ReportSink:
@@ -158,12 +164,75 @@ class S3ReportSink:
         except ClientError as error:
             raise translate(error) from error
 
-    def put_file(self, key: str, body: IO[bytes], content_type: str) -> None:
-        body.seek(0)
+    @contextmanager
+    def open_stream(self, key: str, content_type: str) -> Iterator[MultipartStream]:
+        """An object written part by part: it appears whole when the block ends, or not at all."""
+        stream = MultipartStream(self._s3, self._bucket, key, content_type)
         try:
-            self._s3.upload_fileobj(body, self._bucket, key, ExtraArgs={"ContentType": content_type})
+            yield stream
+            stream.finish()
+        except BaseException:
+            stream.abort()
+            raise
+
+
+class MultipartStream:
+    """Bytes to one S3 object with constant memory: one part (PART_BYTES) buffered at a time.
+
+    Up to PART_BYTES it is a single PutObject; beyond, a multipart upload whose parts are all
+    exactly PART_BYTES (S3 wants at least 5 MB) but the last. No local file.
+    """
+
+    def __init__(self, s3: Any, bucket: str, key: str, content_type: str) -> None:
+        self._s3, self._bucket, self._key, self._type = s3, bucket, key, content_type
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+        self.size += len(data)
+        while len(self._buffer) >= PART_BYTES:
+            self._part(bytes(self._buffer[:PART_BYTES]))
+            del self._buffer[:PART_BYTES]
+
+    def _part(self, body: bytes) -> None:
+        try:
+            if self._upload_id is None:
+                self._upload_id = str(self._s3.create_multipart_upload(
+                    Bucket=self._bucket, Key=self._key, ContentType=self._type)["UploadId"])
+            number = len(self._parts) + 1
+            answer = self._s3.upload_part(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
+                                          PartNumber=number, Body=body)
         except ClientError as error:
             raise translate(error) from error
+        self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+
+    def finish(self) -> None:
+        if self._upload_id is None:
+            body, self._buffer = bytes(self._buffer), bytearray()
+            try:
+                self._s3.put_object(Bucket=self._bucket, Key=self._key, Body=body, ContentType=self._type)
+            except ClientError as error:
+                raise translate(error) from error
+            return
+        if self._buffer:
+            self._part(bytes(self._buffer))
+            self._buffer = bytearray()
+        try:
+            self._s3.complete_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
+                                               MultipartUpload={"Parts": self._parts})
+        except ClientError as error:
+            raise translate(error) from error
+        self._upload_id = None
+
+    def abort(self) -> None:
+        """Drop the parts sent so far (the bucket's lifecycle rule also aborts forgotten uploads)."""
+        if self._upload_id is not None:
+            upload_id, self._upload_id = self._upload_id, None
+            with suppress(ClientError):  # the original error matters more; the lifecycle rule cleans up
+                self._s3.abort_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=upload_id)
 
 
 def default_source() -> DynamoReportSource:
@@ -180,3 +249,10 @@ def default_sink() -> S3ReportSink:
     from . import aws
 
     return S3ReportSink(aws.client("s3"), get_settings().reports_bucket)
+
+
+def default_aggregates() -> DynamoAggregateStore:
+    from ..settings import get_settings
+    from . import aws
+
+    return DynamoAggregateStore(aws.client("dynamodb"), get_settings().reports_table)

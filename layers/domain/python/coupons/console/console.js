@@ -697,7 +697,8 @@ async function loadReport(event) {
   fill($("#report-discount"), moneyList(summary.discount_totals));
   fill($("#report-failed"), String(summary.failed_attempts));
   const suspicious = Array.isArray(summary.suspicious) ? summary.suspicious : [];
-  fill($("#report-suspicious-count"), String(suspicious.length));
+  // The body lists the top flags only; suspicious_count is how many the range had.
+  fill($("#report-suspicious-count"), String(Number.isInteger(summary.suspicious_count) ? summary.suspicious_count : suspicious.length));
   renderChannels(summary);
   renderTopCoupons(summary);
   fill($("#report-suspicious"), suspicious.length
