@@ -81,7 +81,7 @@ def test_a_day_in_two_currencies_and_three_channels_reconciles_across_csv_summar
     assert summary == api.body
     assert ran["rows"] == summary["redemptions"] + summary["rollbacks"] and ran["aggregate_stored"] is False
     assert flags_type.startswith("text/csv") and flags.decode().splitlines()[0] == \
-        "at,kind,scope,user_id,ip,count,limit,window_seconds"
+        "at,kind,scope,user_id,ip,count,limit,window_seconds,client_id"  # issue 12: the client
     assert len(flags.decode().splitlines()) - 1 == summary["suspicious_count"] >= len(summary["suspicious"])
 
     # And the CSV rows add up to it to the cent, per currency, per channel and in count

@@ -9,6 +9,8 @@ test uses its own clients, customers and IPs; customers calling with their own t
 
 from __future__ import annotations
 
+import csv
+import io
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -122,3 +124,11 @@ def test_suspicious_in_the_report_names_the_client(guarded: LocalStack) -> None:
     assert {(s["kind"], s["scope"]) for s in mine} == {("lockout", "user"), ("lockout", "client")}, mine
     assert next(s for s in mine if s["scope"] == "user")["user_id"] == person
     assert next(s for s in mine if s["scope"] == "client")["limit"] == PER_CLIENT
+    # and the day's suspicious.csv has a client_id column naming it
+    guarded.cli("run", "daily-report", "--date", today, "--port", str(guarded.port))
+    info = guarded.info()
+    s3 = guarded.boto("s3")
+    text = s3.get_object(Bucket=info["buckets"]["reports"], Key=f"daily/{today}/suspicious.csv")["Body"].read()
+    rows = list(csv.DictReader(io.StringIO(text.decode())))
+    assert {(r["scope"], r["client_id"]) for r in rows if r["client_id"] == client_id} == \
+        {("user", client_id), ("client", client_id)}
