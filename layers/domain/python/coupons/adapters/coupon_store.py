@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError
 
 from ..clock import epoch, iso, parse_iso
 from ..errors import CodeAlreadyExists, CouponNotFound
+from ..events import RECODE_CHANGED, RECODE_PREVIOUS_STATUS, edited_fields
 from .dynamo import Item, error_code, from_item, key, paged_query, to_item, to_value, translate
 
 EXPIRY_SHARDS = 4
@@ -206,8 +207,16 @@ class CouponStore:
         that landed in between (that edit fails and is retried by the caller).
         """
         item = coupon_item(new)
+        for name in (RECODE_CHANGED, RECODE_PREVIOUS_STATUS):
+            item.pop(name, None)  # a note for one re-code's INSERT, not carried into later edits
         guard = "attribute_exists(pk) AND updated_at = :seen AND redeemed_count = :count"
         values = {":seen": to_value(iso(old["updated_at"])), ":count": to_value(old.get("redeemed_count", 0))}
+        if old["code_hash"] != new["code_hash"]:
+            # The stream shows the move as an INSERT without the old image: name the edit's fields
+            # on the new item, so its CouponUpdated lists them all (issue 17, 8b).
+            item[RECODE_CHANGED] = edited_fields(coupon_item(old), item)
+            if old.get("status") != new.get("status"):
+                item[RECODE_PREVIOUS_STATUS] = old.get("status")
         if old["code_hash"] == new["code_hash"]:
             self._transact([{"Put": {"TableName": self._table, "Item": to_item(item),
                                      "ConditionExpression": guard,
