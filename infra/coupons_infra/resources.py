@@ -32,6 +32,8 @@ class Table:
     indexes: tuple[Index, ...] = ()
     ttl_attribute: str | None = None
     stream: bool = False
+    partition_key: str = "pk"
+    sort_key: str | None = "sk"  # None: a partition key only
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class Function:
     routes: tuple[Route, ...] = ()
     memory_mb: int = 512
     timeout_seconds: int = 10
-    # What it may touch: ("table", key, "read"|"write"|"readwrite"),
+    # What it may touch: ("table", key, "read"|"write"|"readwrite"|"items"),
     # ("key", "kms", "encrypt"|"decrypt"|"generate") (on AWS only with EncryptionContext purpose=coupon-codes),
     # ("bucket", key, "read"|"write"|"put"|"readwrite"|"delete", optionally ":<prefix>", e.g. "put:results/"),
     # ("queue", key, "send"|"consume"), ("bus", "events", "put"). The CDK app turns each into
@@ -121,7 +123,11 @@ COUPONS_TABLE = Table(
 )
 GUARDS_TABLE = Table(key="guards", env="GUARDS_TABLE", name="coupons-guards", ttl_attribute="ttl", stream=True)
 JOBS_TABLE = Table(key="jobs", env="JOBS_TABLE", name="coupons-jobs", ttl_attribute="ttl", stream=True)
-TABLES = (COUPONS_TABLE, GUARDS_TABLE, JOBS_TABLE)
+# Issue 17: `Idempotency-Key` records of admin creates, kept by Powertools' idempotency utility with
+# its DynamoDB persistence layer and its own attribute names (key `id`, TTL `expiration`: 24 hours).
+IDEMPOTENCY_TABLE = Table(key="idempotency", env="IDEMPOTENCY_TABLE", name="coupons-idempotency",
+                          partition_key="id", sort_key=None, ttl_attribute="expiration")
+TABLES = (COUPONS_TABLE, GUARDS_TABLE, JOBS_TABLE, IDEMPOTENCY_TABLE)
 
 BUCKETS = (
     Bucket("imports", "IMPORTS_BUCKET", "coupons-imports", "marketing's CSV uploads and their results",
@@ -149,7 +155,9 @@ DAILY_REPORT_SCHEDULE = Schedule("daily-report", "0 1 * * ? *", 86400,
                                  "01:00 UTC: the previous UTC day's finance report to the reports bucket")
 
 READ, WRITE, READWRITE = "read", "write", "readwrite"
+ITEMS = "items"  # GetItem, PutItem, UpdateItem, DeleteItem by key: what Powertools' idempotency layer calls
 _CODES = (("table", "coupons", READWRITE), ("key", "kms", "decrypt"), ("key", "kms", "generate"))
+_IDEMPOTENCY = ("table", "idempotency", ITEMS)
 
 FUNCTIONS: tuple[Function, ...] = (
     Function(
@@ -162,7 +170,7 @@ FUNCTIONS: tuple[Function, ...] = (
             Route("PUT", "/coupons/{coupon_id}"),
             Route("DELETE", "/coupons/{coupon_id}"),
         ),
-        grants=_CODES,
+        grants=(*_CODES, _IDEMPOTENCY),
     ),
     # Checkout (issue 3): validation and redemption, separate functions sharing the domain layer.
     # KMS decrypt only: the keyring is unwrapped once per container (created with the first coupon).
@@ -238,7 +246,7 @@ FUNCTIONS: tuple[Function, ...] = (
         description="Bulk API: start a generation job, follow any job",
         routes=(Route("POST", "/campaigns/{campaign_id}/codes"), Route("GET", "/jobs/{job_id}")),
         timeout_seconds=29,
-        grants=(("table", "jobs", READWRITE), ("queue", "generation", "send"),
+        grants=(("table", "jobs", READWRITE), ("queue", "generation", "send"), _IDEMPOTENCY,
                 ("bucket", "exports", "read:exports/")),  # the presigned export URL is signed with this role
     ),
     Function(

@@ -30,7 +30,7 @@ from . import tokens
 MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Headers": "Authorization,Content-Type",
+    "Access-Control-Allow-Headers": "Authorization,Content-Type,Idempotency-Key",
     "Access-Control-Allow-Methods": "GET,POST,PUT,DELETE,OPTIONS",
     "Access-Control-Expose-Headers": "Retry-After",
 }

@@ -150,8 +150,9 @@ def test_one_table_per_definition_with_pitr_cmk_deletion_protection_stream_ttl_a
     for spec in r.TABLES:
         props = synth.resource(synth.stack.data.tables[spec.key])["Properties"]
         assert props["BillingMode"] == "PAY_PER_REQUEST"
-        assert props["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"},
-                                      {"AttributeName": "sk", "KeyType": "RANGE"}]
+        assert props["KeySchema"] == [{"AttributeName": spec.partition_key, "KeyType": "HASH"},
+                                      *([{"AttributeName": spec.sort_key, "KeyType": "RANGE"}]
+                                        if spec.sort_key else [])]
         assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
         assert props["DeletionProtectionEnabled"] is True
         assert props["SSESpecification"]["SSEEnabled"] is True
@@ -287,6 +288,7 @@ def test_cors_preflight_allows_the_web_origin(synth: Synth) -> None:
         headers = preflight["Integration"]["IntegrationResponses"][0]["ResponseParameters"]
         assert headers["method.response.header.Access-Control-Allow-Origin"] == f"'{origin}'"
         assert "Authorization" in headers["method.response.header.Access-Control-Allow-Headers"]
+        assert "Idempotency-Key" in headers["method.response.header.Access-Control-Allow-Headers"]
 
 
 @pytest.mark.parametrize(("response_type", "status", "code"), [
@@ -634,3 +636,40 @@ def test_grants_become_least_privilege_statements(synth: Synth, spec: r.Function
         elif kind == "bus":
             bus_id = synth.logical_id(synth.stack.messaging.bus)
             assert any(s["Action"] == "events:PutEvents" and mentions(s["Resource"], bus_id) for s in found)
+
+
+# -- issue 17: Idempotency-Key records ------------------------------------------------------------
+
+def test_the_idempotency_table_has_powertools_keys_ttl_and_the_data_key(synth: Synth) -> None:
+    spec = r.IDEMPOTENCY_TABLE
+    props = synth.resource(synth.stack.data.tables[spec.key])["Properties"]
+    # Powertools' DynamoDBPersistenceLayer defaults: partition key `id`, expiry `expiration` (TTL)
+    assert props["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert props["TimeToLiveSpecification"] == {"AttributeName": "expiration", "Enabled": True}
+    assert "StreamSpecification" not in props and "GlobalSecondaryIndexes" not in props
+    assert props["SSESpecification"]["SSEType"] == "KMS"
+
+
+def test_only_the_create_routes_functions_touch_the_idempotency_table_by_key(synth: Synth) -> None:
+    table_id = synth.logical_id(synth.stack.data.tables["idempotency"])
+    users = set()
+    for spec in r.FUNCTIONS:
+        role_id = synth.logical_id(synth.stack.functions.roles[spec.name])
+        actions = {a for s in role_statements(synth, role_id) if mentions(s["Resource"], table_id)
+                   for a in as_list(s["Action"])}
+        if actions:
+            users.add(spec.name)
+            # exactly what the persistence layer calls: single items by key, no Query, Scan or batch
+            assert actions == {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
+                               "dynamodb:DeleteItem"}, (spec.name, actions)
+    # POST /coupons (admin) and POST /campaigns/{id}/codes (jobs)
+    assert users == {"admin", "jobs"}
+    routes = {(rt.method, rt.path): f.name for f in r.FUNCTIONS for rt in f.routes}
+    assert {routes[("POST", "/coupons")], routes[("POST", "/campaigns/{campaign_id}/codes")]} == users
+
+
+def test_create_functions_get_the_idempotency_table_name(synth: Synth) -> None:
+    table_id = synth.logical_id(synth.stack.data.tables["idempotency"])
+    for name in ("admin", "jobs"):
+        env = synth.resource(synth.stack.functions.functions[name])["Properties"]["Environment"]["Variables"]
+        assert env["IDEMPOTENCY_TABLE"] == {"Ref": table_id}

@@ -55,8 +55,10 @@ QUEUE_SEND = ["sqs:SendMessage", "sqs:GetQueueAttributes"]
 QUEUE_CONSUME = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
                  "sqs:GetQueueAttributes"]
 CODE_KEY_ACTIONS = {"decrypt": "kms:Decrypt", "generate": "kms:GenerateDataKey", "encrypt": "kms:Encrypt"}
+TABLE_ITEMS = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"]
 TABLE_MODES = {"read": (TABLE_READ, TABLE_KEY_READ), "write": (TABLE_WRITE, TABLE_KEY_WRITE),
-               "readwrite": (sorted({*TABLE_READ, *TABLE_WRITE}), TABLE_KEY_WRITE)}
+               "readwrite": (sorted({*TABLE_READ, *TABLE_WRITE}), TABLE_KEY_WRITE),
+               "items": (TABLE_ITEMS, TABLE_KEY_WRITE)}  # single items by key (the idempotency records)
 BUCKET_MODES: dict[str, tuple[list[str], list[str], bool]] = {  # object actions, key actions, list?
     "read": (S3_READ, S3_KEY_READ, True),
     "put": (S3_PUT, S3_KEY_WRITE, False),

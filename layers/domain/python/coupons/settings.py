@@ -28,6 +28,7 @@ ENV_NAMES: dict[str, str] = {
     "coupons_table": "COUPONS_TABLE",
     "guards_table": "GUARDS_TABLE",
     "jobs_table": "JOBS_TABLE",
+    "idempotency_table": "IDEMPOTENCY_TABLE",
     "kms_key_id": "KMS_KEY_ID",
     "code_key_version": "CODE_KEY_VERSION",
     "event_bus_name": "EVENT_BUS_NAME",
@@ -67,6 +68,7 @@ class Settings(BaseModel):
     coupons_table: str = "coupons"
     guards_table: str = "coupons-guards"
     jobs_table: str = "coupons-jobs"
+    idempotency_table: str = "coupons-idempotency"  # Idempotency-Key records (issue 17)
     kms_key_id: str = "alias/coupons"
     code_key_version: int = Field(default=1, ge=1)
     event_bus_name: str = "coupons"
