@@ -80,6 +80,7 @@ class Function:
     routes: tuple[Route, ...] = ()
     memory_mb: int = 512
     timeout_seconds: int = 10
+    ephemeral_storage_mb: int = 512  # /tmp (Lambda: 512-10240 MB); the local host enforces it too
     # What it may touch: ("table", key, "read"|"write"|"readwrite"|"items"),
     # ("key", "kms", "encrypt"|"decrypt"|"generate") (on AWS only with EncryptionContext purpose=coupon-codes),
     # ("bucket", key, "read"|"write"|"put"|"readwrite"|"delete", optionally ":<prefix>", e.g. "put:results/"),

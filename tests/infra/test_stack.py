@@ -523,6 +523,7 @@ def test_one_lambda_per_definition_python313_arm64_layers_tracing_logs(synth: Sy
         assert props["TracingConfig"] == {"Mode": "Active"}
         assert props["MemorySize"] == spec.memory_mb
         assert props["Timeout"] == spec.timeout_seconds
+        assert props["EphemeralStorage"] == {"Size": spec.ephemeral_storage_mb}  # the local host enforces both
         assert props["LoggingConfig"]["LogGroup"] == {"Ref": synth.logical_id(synth.stack.functions.log_groups[spec.name])}
         if getattr(spec, "reserved_concurrency", None):
             assert props["ReservedConcurrentExecutions"] == spec.reserved_concurrency

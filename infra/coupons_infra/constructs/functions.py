@@ -194,6 +194,7 @@ class Functions(Construct):
             layers=[self.deps_layer, self.domain_layer],
             memory_size=spec.memory_mb,
             timeout=Duration.seconds(spec.timeout_seconds),
+            ephemeral_storage_size=cdk.Size.mebibytes(spec.ephemeral_storage_mb),
             environment=self.environment,
             role=role,
             log_group=log_group,
