@@ -288,7 +288,7 @@ class SimStore:
 
         snapshot = Snapshot(coupon=dict(self.coupon))
         if user_id in self.usage:
-            snapshot.usages[self.coupon["code_hash"]] = dict(self.usage[user_id])
+            snapshot.usage = dict(self.usage[user_id])
         return snapshot
 
     def get_redemption(self, rid: str) -> dict[str, Any] | None:
@@ -306,8 +306,8 @@ class SimStore:
     def read_shards(self, coupon_id: str, count: int) -> list[dict[str, Any]]:
         return [{"shard": n, **s} for n, s in self.shards.items()]
 
-    def commit_redemption(self, record: dict[str, Any], *, coupon: dict[str, Any], usage_current: bool,
-                          now: datetime, shard: int | None) -> None:
+    def commit_redemption(self, record: dict[str, Any], *, coupon: dict[str, Any], now: datetime,
+                          shard: int | None) -> None:
         from coupons.adapters.checkout_store import Cancelled
 
         rid = record["redemption_id"]
@@ -325,7 +325,8 @@ class SimStore:
             self._wrote(f"shard-{shard}")
             if self.shards[shard]["remaining"] < 1:
                 reasons[1] = ("ConditionalCheckFailed", None)
-        if user in self.usage and not usage_current:
+        limit = coupon.get("uses_per_user")
+        if limit is not None and self.usage.get(user, {}).get("uses", 0) >= limit:
             reasons[2] = ("ConditionalCheckFailed", dict(self.usage[user]))
         if any(code for code, _ in reasons):
             raise Cancelled(reasons)

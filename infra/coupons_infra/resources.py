@@ -44,8 +44,9 @@ class Bucket:
     purpose: str
     # S3 event notification: objects created under this prefix go to this queue (key in QUEUES).
     notify_prefix_to_queue: tuple[str, str] | None = None
-    # Lifecycle on AWS: objects under each prefix expire after that many days ("" = the whole bucket).
-    # Every bucket also aborts incomplete multipart uploads and expires noncurrent versions (CDK).
+    # Lifecycle on AWS: objects under each prefix expire after that many days ("" = the whole bucket),
+    # and their noncurrent versions a day later. Every bucket also aborts incomplete multipart
+    # uploads and expires other noncurrent versions after 30 days (CDK).
     expire_after_days: tuple[tuple[str, int], ...] = ()
 
 
@@ -96,7 +97,9 @@ class Function:
     # ReportBatchItemFailures, these retries, then the record goes to an SQS on-failure DLQ.
     stream_batch_size: int = 100
     stream_retry_attempts: int = 10
-    reserved_concurrency: int | None = None  # AWS only: reserve (and cap) concurrent executions
+    # AWS only: reserve (and so also cap) concurrent executions; the default of CDK context
+    # reserved_concurrency, which may change it per function (config.StackConfig).
+    reserved_concurrency: int | None = None
 
     @property
     def directory(self) -> Path:
@@ -132,7 +135,10 @@ TABLES = (COUPONS_TABLE, GUARDS_TABLE, JOBS_TABLE, IDEMPOTENCY_TABLE)
 
 BUCKETS = (
     Bucket("imports", "IMPORTS_BUCKET", "coupons-imports", "marketing's CSV uploads and their results",
-           notify_prefix_to_queue=("incoming/", "imports"), expire_after_days=(("work/", 7),)),
+           notify_prefix_to_queue=("incoming/", "imports"),
+           # Uploads hold plaintext codes (issue 17, 8e): gone after a week, with their old versions; the
+           # import has long finished by then. CDK context expire_after_days changes any of these.
+           expire_after_days=(("work/", 7), ("incoming/", 7), ("results/", 30))),
     Bucket("exports", "EXPORTS_BUCKET", "coupons-exports", "generated codes (plaintext, SSE-KMS)",
            expire_after_days=(("work/", 7), ("exports/", 30))),
     Bucket("reports", "REPORTS_BUCKET", "coupons-reports", "finance's daily reports"),
@@ -178,12 +184,14 @@ FUNCTIONS: tuple[Function, ...] = (
     Function(
         name="validate",
         description="Checkout: validate a code against an order (one read; failed guesses counted)",
+        reserved_concurrency=100,  # issue 17, 8c: its own share (and cap): a guessing flood stops here
         routes=(Route("POST", "/coupons/validate"),),
         grants=(("table", "coupons", READ), ("table", "guards", READWRITE), ("key", "kms", "decrypt")),
     ),
     Function(
         name="redeem",
         description="Checkout: redeem, read and roll back redemptions; a coupon's redemptions (admin)",
+        reserved_concurrency=200,  # issue 17, 8c: redemptions keep this capacity whatever else runs
         routes=(
             Route("POST", "/redemptions"),
             Route("GET", "/redemptions/{redemption_id}"),
@@ -206,6 +214,7 @@ FUNCTIONS: tuple[Function, ...] = (
             Route("GET", "/console", public=True),
             Route("GET", "/console/checkout", public=True),
             Route("GET", "/console/assets/{name}", public=True),
+            Route("GET", "/console/signin", public=True),  # the admin pool's managed login (issue 17)
         ),
         memory_mb=256,
     ),
@@ -301,5 +310,8 @@ SEED_OPTIONS = {
     for key in (
         "coupon_id_format", "default_expiration_days", "max_discount_per_user", "discount_type",
         "allowed_domains", "failed_attempts_per_user", "failed_attempts_per_ip", "failed_attempt_window_seconds",
+        # Key rotation: raise it (`cdk deploy -c code_key_version=2`) and every function seals new codes
+        # under the new version while every older one stays live (coupons/crypto.py).
+        "code_key_version",
     )
 }

@@ -48,6 +48,8 @@ class CouponsStack(Stack):
         self.functions = Functions(
             self, "Functions", config=config, key=self.data.key, tables=self.data.tables,
             buckets=self.storage.buckets, queues=self.messaging.queues, bus=self.messaging.bus)
+        self.data.reserve_code_context([self.functions.roles[f.name] for f in r.FUNCTIONS
+                                        if any(kind == "key" for kind, _, _ in f.grants)])
         self.api = Api(self, "Api", config=config, functions=self.functions.functions)
         self.jobs = Jobs(self, "Jobs", data=self.data, messaging=self.messaging,
                          functions=self.functions.functions)
@@ -63,6 +65,14 @@ class CouponsStack(Stack):
         for channel, client in api.clients.items():
             CfnOutput(self, f"{channel.title()}ClientId", value=client.user_pool_client_id,
                       description=f"Cognito app client of the {channel} channel")
+        admins = api.admin_identity
+        CfnOutput(self, "AdminUserPoolId", value=admins.user_pool.user_pool_id,
+                  description="Cognito user pool of the admins (no self sign-up, TOTP MFA required)")
+        CfnOutput(self, "AdminClientId", value=admins.client.user_pool_client_id,
+                  description="The admin console's app client (managed login, code grant with PKCE)")
+        CfnOutput(self, "AdminSignInUrl", value=admins.signin_url,
+                  description="The admin pool's managed login domain")
+        CfnOutput(self, "AdminConsoleUrl", value=api.console_url, description="The admin console")
         for channel, api_key in api.api_keys.items():
             CfnOutput(self, f"{channel.title()}ApiKeyId", value=api_key.key_id,
                       description=f"API key id of the {channel} usage plan (value: aws apigateway get-api-key)")

@@ -9,6 +9,8 @@ from typing import Any
 import boto3
 from coupons_infra import resources as r
 
+from .tokens import ADMIN_ISSUER
+
 
 @dataclass
 class Provisioned:
@@ -109,5 +111,6 @@ def function_environment(provisioned: Provisioned, config: dict[str, str]) -> di
         "POWERTOOLS_TRACE_DISABLED": "true",
         "POWERTOOLS_METRICS_DISABLED": "true",
         "POWERTOOLS_LOG_LEVEL": env.get("POWERTOOLS_LOG_LEVEL", "WARNING"),
+        "ADMIN_ISSUER": ADMIN_ISSUER,  # on AWS: the admin pool's issuer URL
     })
     return env

@@ -17,7 +17,11 @@ from typing import Any
 
 import jwt
 
-ISSUER = "coupons-local"
+ISSUER = "coupons-local"  # the customers' pool
+# The admin pool (issue 17): admins are this issuer's users in the coupon-admins group, as on AWS,
+# where ADMIN_ISSUER is the admin pool's URL and a customers-pool token is never an admin.
+ADMIN_ISSUER = "coupons-local-admins"
+ISSUERS = (ISSUER, ADMIN_ISSUER)  # the gateway accepts both, like the authorizer with two user pools
 AUDIENCE = "coupons"
 ALGORITHM = "HS256"
 LIFETIME_SECONDS = 7 * 24 * 3600
@@ -48,7 +52,7 @@ def issue(user: str, *, email: str | None = None, admin: bool = False, email_ver
     now = int(time.time())
     claims: dict[str, Any] = {
         "sub": user,
-        "iss": ISSUER,
+        "iss": ADMIN_ISSUER if admin else ISSUER,
         "aud": AUDIENCE,
         "iat": now,
         "exp": now + lifetime,
@@ -69,7 +73,7 @@ class InvalidToken(Exception):
 def verify(token: str) -> dict[str, Any]:
     try:
         claims = jwt.decode(
-            token, _secret(), algorithms=[ALGORITHM], audience=AUDIENCE, issuer=ISSUER,
+            token, _secret(), algorithms=[ALGORITHM], audience=AUDIENCE, issuer=ISSUERS,
             options={"require": ["sub", "exp", "iat", "iss", "aud"]},
         )
     except jwt.PyJWTError as error:

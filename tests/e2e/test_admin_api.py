@@ -122,6 +122,30 @@ def test_counters_cannot_be_set(stack: LocalStack) -> None:
         assert result.body["error"]["details"][0]["field"] == field
 
 
+def test_activating_an_expired_coupon_without_a_later_expires_at_is_400(stack: LocalStack) -> None:
+    """Issue 11, 10b: it used to answer 200 and change nothing."""
+    from datetime import UTC, datetime, timedelta
+
+    def at(**delta: float) -> str:
+        return (datetime.now(UTC) + timedelta(**delta)).isoformat()
+
+    lapsed = stack.create_coupon(code=unique("LAPSED-"), discount_value=5, starts_at=at(days=-2),
+                                 expires_at=at(days=-1))
+    swept = stack.create_coupon(code=unique("SWEPT-"), discount_value=5, starts_at=at(days=-2),
+                                expires_at=at(minutes=-5))
+    stack.cli("run", "expiry-sweep", "--port", str(stack.port))
+    for coupon in (lapsed, swept):
+        before = stack.admin("GET", f"/coupons/{coupon['id']}").body
+        assert before["status"] == "expired"
+        for body in ({"status": "active"}, {"status": "active", "expires_at": at(minutes=-1)}):
+            refused = stack.admin("PUT", f"/coupons/{coupon['id']}", body)
+            assert (refused.status, refused.error_code) == (400, "VALIDATION_ERROR"), (body, refused.body)
+            assert {d["field"] for d in refused.body["error"]["details"]} == {"status", "expires_at"}
+            assert stack.admin("GET", f"/coupons/{coupon['id']}").body == before  # nothing stored
+        revived = stack.admin("PUT", f"/coupons/{coupon['id']}", {"status": "active", "expires_at": at(days=3)})
+        assert (revived.status, revived.body["status"]) == (200, "active")
+
+
 @pytest.mark.parametrize("coupon_id", ["does-not-exist", "0" * 64, "%3Cscript%3E", "a" * 300])
 def test_unknown_or_malformed_ids_are_404(stack: LocalStack, coupon_id: str) -> None:
     # Contract v2: a malformed id is a 404 like an unknown one, never a 400 (was: 400 or 404)

@@ -205,7 +205,8 @@ def test_every_redemption_records_user_ip_user_agent_and_channel_but_never_the_c
     assert record["coupon_id"]["S"] == coupon["id"] and record["order_id"]["S"] == "o-t"
     client, table = dynamodb(stack)
     usage = client.query(TableName=table, KeyConditionExpression="pk = :p",
-                         ExpressionAttributeValues={":p": {"S": f"USAGE#{record['code_hash']['S']}"}})["Items"]
+                         ExpressionAttributeValues={":p": {"S": f"USAGE#{coupon['id']}"}})["Items"]
+    assert usage, "the usage item is kept by coupon id"
     stored = json.dumps([record, usage]).upper()
     assert code.upper() not in stored and code.replace("-", "").upper() not in stored
 
@@ -255,3 +256,35 @@ def test_the_openapi_document_describes_the_checkout_routes(stack: LocalStack) -
     assert "get" in paths["/redemptions/{redemption_id}"]
     assert "post" in paths["/redemptions/{redemption_id}/rollback"]
     assert "get" in paths["/coupons/{coupon_id}/redemptions"]
+
+
+def test_a_new_code_keeps_every_customers_count(stack: LocalStack) -> None:
+    # Given a one-per-customer coupon that a customer has used
+    code = unique("LEAKED-")
+    coupon = stack.create_coupon(code=code, discount_value=10, uses_per_user=1)
+    token = customer()
+    assert redeem(stack, token, code).status == 201
+    # When the admin gives it a new code (the old one leaked)
+    fresh = unique("FRESH-")
+    assert stack.admin("PUT", f"/coupons/{coupon['id']}", {"code": fresh}).status == 200
+    # Then that customer has still used it, under the new code too
+    again = redeem(stack, token, fresh)
+    assert (again.status, again.error_code) == (422, "USER_LIMIT_REACHED"), again.body
+    assert validate(stack, token, fresh).error_code == "USER_LIMIT_REACHED"
+    # While another customer may use it
+    assert redeem(stack, customer(), fresh).status == 201
+    assert_conserved(stack, coupon["id"], 2)
+
+
+def test_replaying_a_rolled_back_order_is_409_already_rolled_back(stack: LocalStack) -> None:
+    code = unique("RBREPLAY-")
+    coupon = stack.create_coupon(code=code, discount_value=10, uses_per_user=None)
+    token = customer()
+    done = redeem(stack, token, code, "order-rb")
+    assert done.status == 201
+    rolled = stack.admin("POST", f"/redemptions/{done.body['redemption_id']}/rollback")
+    assert rolled.status == 200 and rolled.body["status"] == "rolled_back"
+    # The same order again is not a success that a client checking the status could believe
+    replay = redeem(stack, token, code, "order-rb")
+    assert (replay.status, replay.error_code) == (409, "ALREADY_ROLLED_BACK"), replay.body
+    assert_conserved(stack, coupon["id"], 0)

@@ -94,6 +94,31 @@ def test_customers_are_403_on_admin_routes_and_change_nothing(stack: LocalStack)
     assert after["discount_value"] == 10 and after["status"] == "active"
 
 
+def test_a_customers_token_with_a_group_named_coupon_admins_is_not_an_admin(stack: LocalStack) -> None:
+    # Issue 17, finding 7: one authorizer accepts both pools' tokens, so the admin group claim of a
+    # token from the customers' pool (a group of that name created there) must not make an admin.
+    coupon = stack.create_coupon(code=unique("ISS-"), discount_value=10)
+    forged = tokens.issue(unique("mallory-"), groups=["coupon-admins"])  # customers' issuer, admin group
+    assert jwt.decode(forged, options={"verify_signature": False})["cognito:groups"] == ["coupon-admins"]
+    for method, path, body in [
+        ("GET", "/coupons", None), ("POST", "/coupons", {"discount_value": 5}),
+        ("PUT", f"/coupons/{coupon['id']}", {"discount_value": 50}), ("DELETE", f"/coupons/{coupon['id']}", None),
+        ("GET", f"/coupons/{coupon['id']}/redemptions", None), ("GET", "/reports/summary?from=2026-01-01&to=2026-01-01", None),
+        ("POST", "/campaigns/spring/codes", {"count": 1, "template": {"discount_value": 5}}),
+    ]:
+        result = stack.request(method, path, body, token=forged)
+        assert (result.status, result.error_code) == (403, "FORBIDDEN"), (method, path, result.body)
+    assert stack.admin("GET", f"/coupons/{coupon['id']}").body["discount_value"] == 10
+    # The admin token (`coupons-local token --admin`) comes from the distinct admin issuer, and works
+    admin = stack.token(unique("ada-"), admin=True)
+    issuer = jwt.decode(admin, options={"verify_signature": False})["iss"]
+    assert issuer == tokens.ADMIN_ISSUER and issuer != tokens.ISSUER
+    assert stack.request("GET", "/coupons", token=admin).status == 200
+    # An admin-pool token without the group is a customer
+    plain = signed(claims(sub=unique("staff-"), iss=tokens.ADMIN_ISSUER, **{"cognito:groups": []}))
+    assert stack.request("GET", "/coupons", token=plain).status == 403
+
+
 def test_identity_comes_only_from_the_token(stack: LocalStack) -> None:
     code = unique("WHO-")
     stack.create_coupon(code=code, discount_value=10, uses_per_user=None)

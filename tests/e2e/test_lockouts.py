@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -70,6 +72,31 @@ def start_of_a_bucket() -> None:
 
 def today() -> str:
     return datetime.now(UTC).date().isoformat()
+
+
+def at_once(calls: list[Callable[[], HttpResult]]) -> list[HttpResult]:
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(lambda call: call(), calls))
+
+
+def test_40_parallel_wrong_guesses_by_one_user_get_no_more_404s_than_the_limit(
+        guarded: LocalStack, valid_code: str) -> None:
+    # (First in the module: this IP has no failures yet, so only the user's limit binds.)
+    token = shopper()
+    start_of_a_bucket()  # (a burst straddling a bucket edge may get fewer than the limit, never more)
+    # When one customer sends 40 wrong guesses at once
+    answers = at_once([lambda: validate(guarded, token, unique("BURST-")) for _ in range(40)])
+    # Then exactly the limit were answered 404, every other one 429 with a Retry-After
+    assert Counter((a.status, a.error_code) for a in answers) == Counter(
+        {(404, "COUPON_NOT_FOUND"): PER_USER, (429, "RATE_LIMITED"): 40 - PER_USER})
+    for answer in answers:
+        if answer.status == 429:
+            retry_after(answer)
+    # And the customer is locked out, valid code or not, and flagged once
+    retry_after(validate(guarded, token, valid_code))
+    flags = [i for i in guard_items(guarded, f"FRAUD#{today()}")
+             if i["kind"]["S"] == "lockout" and i.get("user_id", {}).get("S") == locked_user(token)]
+    assert len(flags) == 1 and int(flags[0]["limit"]["N"]) == PER_USER
 
 
 def test_unknown_malformed_and_deleted_codes_get_the_same_404_and_count_as_guesses(
@@ -174,3 +201,20 @@ def test_the_global_domain_list_restricts_every_coupon(guarded: LocalStack, vali
     guarded.create_coupon(code=corp, discount_value=10, allowed_domains=["corp.example"])
     assert validate(guarded, shopper(), corp).error_code == "DOMAIN_NOT_ALLOWED"
     assert validate(guarded, customer(unique("c-"), email="x@corp.example"), corp).error_code == "DOMAIN_NOT_ALLOWED"
+
+
+def test_40_parallel_wrong_guesses_from_one_ip_get_no_more_404s_than_the_limit(guarded: LocalStack) -> None:
+    # Given an IP with no failure in this window or the previous one
+    start_of_a_bucket()
+    start_of_a_bucket()
+    failed_before = sum(int(i["count"]["N"]) for i in guard_items(guarded, f"FAILED#{today()}"))
+    # When 40 customers behind it send one wrong guess each, at once
+    tokens = [shopper() for _ in range(40)]
+    answers = at_once([lambda t=t: redeem(guarded, t, unique("IPBURST-")) for t in tokens])
+    # Then exactly the IP's limit were answered 404, and only those were counted as failures
+    assert Counter((a.status, a.error_code) for a in answers) == Counter(
+        {(404, "COUPON_NOT_FOUND"): PER_IP, (429, "RATE_LIMITED"): 40 - PER_IP})
+    failed_after = sum(int(i["count"]["N"]) for i in guard_items(guarded, f"FAILED#{today()}"))
+    assert failed_after - failed_before == PER_IP
+    # Leave the IP free for whatever runs next
+    time.sleep(max(retry_after(a) for a in answers if a.status == 429))

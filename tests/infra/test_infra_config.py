@@ -94,6 +94,25 @@ def test_seed_options_from_cdk_json_types_become_env_strings() -> None:
         "DEFAULT_DISCOUNT_TYPE": "PERCENT", "ALLOWED_DOMAINS": "", "FAILED_ATTEMPT_WINDOW_SECONDS": "60"}
 
 
+def test_the_code_key_version_comes_from_context_and_is_checked() -> None:
+    # Given an operator rotating the code key: `cdk deploy -c code_key_version=2` (a string) or cdk.json (an int)
+    for given in ("2", 2, " 2 "):
+        config = StackConfig.from_context({"code_key_version": given})
+        # Then every function's environment carries it, as the settings model reads it
+        assert config.code_key_version == 2
+        assert config.seed_environment == {"CODE_KEY_VERSION": "2"}
+    assert StackConfig.from_context({}).code_key_version == 1  # unset: the settings' default, version 1
+    assert "CODE_KEY_VERSION" not in StackConfig.from_context({}).seed_environment
+    # And the local stack reads the same variable from the environment of `coupons-local serve`
+    from coupons_local.stack import CONFIG_VARS
+
+    assert "CODE_KEY_VERSION" in CONFIG_VARS
+    # Anything but a whole number from 1 fails the synth, naming the key
+    for bad in ("0", "-1", "two", "1.5", True, 0):
+        with pytest.raises(ValueError, match="code_key_version"):
+            StackConfig.from_context({"code_key_version": bad})
+
+
 def test_bad_context_is_refused_at_synth_time() -> None:
     with pytest.raises(ValueError, match="unknown channel"):
         StackConfig.from_context({"channel_limits": {"kiosk": [1, 1, 1]}})
@@ -169,3 +188,48 @@ def test_an_unknown_grant_fails_the_synth_naming_the_function(extra_function: r.
     monkeypatch.setattr(r, "FUNCTIONS", (*r.FUNCTIONS[:-1], broken))
     with pytest.raises(ValueError, match="function newcomer: unknown table grant"):
         _stack()
+
+
+# -- issue 17: reserved concurrency (8c), upload expiry (8e), admin console URLs (7) ---------------
+
+def test_reserved_concurrency_comes_from_context_with_checkout_defaults() -> None:
+    assert StackConfig().reserved_concurrency == {"validate": 100, "redeem": 200}
+    config = StackConfig.from_context({"reserved_concurrency": '{"validate": 50, "redeem": 0}',
+                                       "account_concurrency_limit": "3000"})
+    assert config.reserved_concurrency == {"validate": 50}  # 0 (or null) turns a reservation off
+    assert config.account_concurrency_limit == 3000
+    assert StackConfig.from_context({"reserved_concurrency": {}}).reserved_concurrency == {"validate": 100, "redeem": 200}
+    assert StackConfig.from_context({"reserved_concurrency": {"redeem": 300}}).reserved_concurrency == {
+        "validate": 100, "redeem": 300}  # per function: the others keep their defaults
+
+
+def test_reserved_concurrency_must_leave_the_account_its_unreserved_minimum() -> None:
+    # Lambda refuses a reservation that leaves fewer than 100 unreserved executions in the account.
+    with pytest.raises(ValueError, match="leaves 99 unreserved"):
+        StackConfig.from_context({"reserved_concurrency": {"validate": 401, "redeem": 500}})
+    with pytest.raises(ValueError, match="leaves 0 unreserved"):
+        StackConfig.from_context({"reserved_concurrency": {"validate": 5, "redeem": 5},
+                                  "account_concurrency_limit": 10})
+    with pytest.raises(ValueError, match="unknown function 'nope'"):
+        StackConfig.from_context({"reserved_concurrency": {"nope": 5}})
+    with pytest.raises(ValueError, match="reserved_concurrency"):
+        StackConfig.from_context({"reserved_concurrency": {"validate": -1}})
+
+
+def test_upload_expiry_is_configurable_per_bucket_and_prefix() -> None:
+    imports = next(b for b in r.BUCKETS if b.key == "imports")
+    assert ("incoming/", 7) in imports.expire_after_days and ("results/", 30) in imports.expire_after_days
+    config = StackConfig.from_context({"expire_after_days": '{"imports": {"incoming/": 2}}'})
+    assert config.expiry_days(imports) == {"work/": 7, "incoming/": 2, "results/": 30}
+    assert StackConfig().expiry_days(imports) == dict(imports.expire_after_days)
+    with pytest.raises(ValueError, match="expire_after_days"):
+        StackConfig.from_context({"expire_after_days": {"imports": {"incoming/": 0}}})
+    with pytest.raises(ValueError, match="unknown bucket"):
+        StackConfig.from_context({"expire_after_days": {"nope": {"x/": 1}}})
+
+
+def test_admin_console_urls_from_context() -> None:
+    assert StackConfig().admin_callback_urls == ()
+    config = StackConfig.from_context({"admin_callback_urls": "https://admin.example.com/console"})
+    assert config.admin_callback_urls == ("https://admin.example.com/console",)
+    assert StackConfig.from_context({"admin_domain_prefix": "shop-admins"}).admin_domain_prefix == "shop-admins"

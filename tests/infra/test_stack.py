@@ -36,6 +36,7 @@ TEST_CONTEXT = {
     "default_expiration_days": 45,
     "allowed_domains": ["example.com", "shop.test"],
     "failed_attempts_per_user": 7,
+    "code_key_version": 3,  # a rotated code key (cdk.json says 1)
 }
 WILDCARD_RESOURCE_ACTIONS = {  # actions AWS offers no resource-level permissions for
     "xray:PutTraceSegments", "xray:PutTelemetryRecords", "dynamodb:ListStreams",
@@ -183,6 +184,8 @@ def test_keys_rotate_and_their_policies_grant_no_kms_star(synth: Synth) -> None:
         for statement in statements(props["KeyPolicy"]):
             actions = as_list(statement["Action"])
             assert "kms:*" not in actions and "*" not in actions, statement
+            if statement["Effect"] == "Deny":  # a deny may name everyone (issue 17: the code context)
+                continue
             assert statement.get("Principal") != "*" and statement.get("Principal") != {"AWS": "*"}
             if statement["Effect"] == "Allow" and "Service" not in statement["Principal"]:
                 assert not {"kms:Decrypt", "kms:Encrypt"} & set(actions) or statement.get("Condition"), statement
@@ -229,16 +232,19 @@ def test_a_changed_email_is_kept_unverified_until_confirmed(synth: Synth) -> Non
     assert pool["AutoVerifiedAttributes"] == ["email"]
 
 
-def test_user_pool_with_admin_group_and_three_channel_clients(synth: Synth) -> None:
+def test_customer_user_pool_with_three_channel_clients_and_no_admin_group(synth: Synth) -> None:
+    # Issue 17, finding 7: the coupon-admins group moved to the admins' own pool (a shoppers' pool
+    # token is never an admin); this test asserted it here before.
     pool_id = synth.logical_id(synth.stack.api.user_pool)
     pool = synth.resource(synth.stack.api.user_pool)["Properties"]
     assert pool["UsernameAttributes"] == ["email"]
     assert pool["Policies"]["PasswordPolicy"]["MinimumLength"] >= 12
     assert pool["DeletionProtection"] == "ACTIVE"
-    synth.assertions.has_resource_properties("AWS::Cognito::UserPoolGroup", {
-        "GroupName": "coupon-admins", "UserPoolId": {"Ref": pool_id}})
+    assert not [g for g in synth.of_type("AWS::Cognito::UserPoolGroup").values()
+                if g["Properties"]["UserPoolId"] == {"Ref": pool_id}]
     clients = {c["Properties"]["ClientName"]: c["Properties"]
-               for c in synth.of_type("AWS::Cognito::UserPoolClient").values()}
+               for c in synth.of_type("AWS::Cognito::UserPoolClient").values()
+               if c["Properties"]["UserPoolId"] == {"Ref": pool_id}}
     assert set(clients) == {"web", "mobile", "pos"}
     for props in clients.values():
         assert props["UserPoolId"] == {"Ref": pool_id}
@@ -374,8 +380,9 @@ def test_bucket_lifecycle_follows_the_definitions(synth: Synth) -> None:
         props = synth.resource(synth.stack.storage.buckets[spec.key])["Properties"]
         rules = props["LifecycleConfiguration"]["Rules"]
         assert any(rule.get("AbortIncompleteMultipartUpload") for rule in rules)
-        for prefix, days in getattr(spec, "expire_after_days", ()):
-            assert any(rule.get("ExpirationInDays") == days and rule.get("Prefix", "") == prefix for rule in rules)
+        for prefix, days in synth.stack.config.expiry_days(spec).items():
+            assert any(rule.get("ExpirationInDays") == days and rule.get("Prefix", "") == prefix
+                       and rule.get("NoncurrentVersionExpiration") == {"NoncurrentDays": 1} for rule in rules)
 
 
 def test_s3_notifications_reach_their_queues_natively(synth: Synth) -> None:
@@ -525,8 +532,7 @@ def test_one_lambda_per_definition_python313_arm64_layers_tracing_logs(synth: Sy
         assert props["Timeout"] == spec.timeout_seconds
         assert props["EphemeralStorage"] == {"Size": spec.ephemeral_storage_mb}  # the local host enforces both
         assert props["LoggingConfig"]["LogGroup"] == {"Ref": synth.logical_id(synth.stack.functions.log_groups[spec.name])}
-        if getattr(spec, "reserved_concurrency", None):
-            assert props["ReservedConcurrentExecutions"] == spec.reserved_concurrency
+        assert props.get("ReservedConcurrentExecutions") == synth.stack.config.reserved_concurrency.get(spec.name)
     for group in synth.of_type("AWS::Logs::LogGroup").values():
         assert group["Properties"]["RetentionInDays"] == synth.stack.config.log_retention_days
 
@@ -539,10 +545,12 @@ def test_functions_get_the_seed_options_from_context_and_every_resource_name(syn
         assert env["DEFAULT_EXPIRATION_DAYS"] == "45"
         assert env["ALLOWED_DOMAINS"] == "example.com,shop.test"
         assert env["FAILED_ATTEMPTS_PER_USER"] == "7"
+        assert env["CODE_KEY_VERSION"] == "3"  # rotation: every function seals/looks up with the same version
         # ...and from cdk.json's.
         assert env["COUPON_ID_FORMAT"] == str(base["coupon_id_format"])
         assert env["DEFAULT_DISCOUNT_TYPE"] == str(base["discount_type"])
         assert env["MAX_DISCOUNT_PER_USER"] == str(base["max_discount_per_user"])
+        assert base["code_key_version"] == 1
         for table in r.TABLES:
             assert env[table.env] == {"Ref": synth.logical_id(synth.stack.data.tables[table.key])}
         for bucket in r.BUCKETS:
@@ -594,6 +602,22 @@ def test_a_function_without_grants_touches_only_its_logs_and_xray(synth: Synth) 
                            "xray:PutTelemetryRecords"}
 
 
+def test_only_the_functions_that_create_codes_may_create_a_code_key_version(synth: Synth) -> None:
+    # validate and redeem get kms:Decrypt only: after a rotation they unwrap every stored version and
+    # never create one (coupons/crypto.py); the admin and bulk functions create the new version.
+    key_id = synth.logical_id(synth.stack.data.key)
+    creators = set()
+    for spec in r.FUNCTIONS:
+        role_id = synth.logical_id(synth.stack.functions.roles[spec.name])
+        code_key = [s for s in role_statements(synth, role_id) if mentions(s["Resource"], key_id)
+                    and "kms:EncryptionContext:purpose" in json.dumps(s.get("Condition", {}))]
+        if any("kms:GenerateDataKey" in as_list(s["Action"]) for s in code_key):
+            creators.add(spec.name)
+    assert creators == {f.name for f in r.FUNCTIONS if ("key", "kms", "generate") in f.grants}
+    assert {"admin", "csv_import", "generate_codes"} <= creators
+    assert not {"validate", "redeem"} & creators
+
+
 @pytest.mark.parametrize("spec", [f for f in r.FUNCTIONS if f.grants], ids=lambda f: f.name)
 def test_grants_become_least_privilege_statements(synth: Synth, spec: r.Function) -> None:
     role_id = synth.logical_id(synth.stack.functions.roles[spec.name])
@@ -637,6 +661,152 @@ def test_grants_become_least_privilege_statements(synth: Synth, spec: r.Function
         elif kind == "bus":
             bus_id = synth.logical_id(synth.stack.messaging.bus)
             assert any(s["Action"] == "events:PutEvents" and mentions(s["Resource"], bus_id) for s in found)
+
+
+# -- issue 17: infrastructure security ----------------------------------------------------------
+
+CODE_CONTEXT = {"kms:EncryptionContext:purpose": "coupon-codes"}  # coupons/crypto.py's keyring context
+DYNAMODB_VIA = {"kms:ViaService": {"Fn::Join": ["", ["dynamodb.", {"Ref": "AWS::Region"}, ".amazonaws.com"]]}}
+
+
+def data_key_statements(synth: Synth, role_logical_id: str) -> list[dict[str, Any]]:
+    key_id = synth.logical_id(synth.stack.data.key)
+    return [s for s in role_statements(synth, role_logical_id)
+            if mentions(s["Resource"], key_id) and any(a.startswith("kms:") for a in as_list(s["Action"]))]
+
+
+def test_the_publisher_may_decrypt_only_through_dynamodb(synth: Synth) -> None:
+    # Finding 4: the stream event sources' grantStreamRead gave the publisher an unconditioned
+    # kms:Decrypt on the data key, while its stream images hold every ciphertext and the wrapped keyring.
+    publisher = synth.logical_id(synth.stack.functions.roles["publisher"])
+    found = data_key_statements(synth, publisher)
+    assert found, "reading an encrypted stream needs kms:Decrypt (through DynamoDB)"
+    for statement in found:
+        assert statement.get("Condition") == {"StringEquals": DYNAMODB_VIA}, statement
+        assert set(as_list(statement["Action"])) <= {"kms:Decrypt", "kms:DescribeKey"}, statement
+
+
+def test_no_role_uses_the_data_key_without_a_service_or_code_context_condition(synth: Synth) -> None:
+    # Every statement on the data key is either "through DynamoDB/S3" or "with the code context".
+    for spec in r.FUNCTIONS:
+        role_id = synth.logical_id(synth.stack.functions.roles[spec.name])
+        for statement in data_key_statements(synth, role_id):
+            condition = statement.get("Condition", {}).get("StringEquals", {})
+            assert "kms:ViaService" in condition or condition == CODE_CONTEXT, (spec.name, statement)
+
+
+def test_only_the_code_handling_functions_may_use_the_key_under_the_code_context(synth: Synth) -> None:
+    # Finding 4: the key policy itself denies the keyring's context to every other principal, so
+    # no IAM policy (an admin's, the publisher's, a future function's) can unwrap the keyring.
+    key = synth.resource(synth.stack.data.key)["Properties"]
+    code_functions = {f.name for f in r.FUNCTIONS if any(kind == "key" for kind, _, _ in f.grants)}
+    assert {"admin", "validate", "redeem", "csv_import", "generate_codes"} <= code_functions
+    assert "publisher" not in code_functions
+    expected = [{"Fn::GetAtt": [synth.logical_id(synth.stack.functions.roles[name]), "Arn"]}
+                for name in sorted(code_functions)]
+    [deny] = [s for s in statements(key["KeyPolicy"])
+              if s["Effect"] == "Deny" and CODE_CONTEXT.items() <= s.get("Condition", {}).get("StringEquals", {}).items()]
+    assert {"kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:ReEncryptFrom",
+            "kms:ReEncryptTo"} <= set(as_list(deny["Action"]))
+    assert deny["Principal"] == {"AWS": "*"} and deny["Resource"] == "*"
+    allowed = as_list(deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"])
+    assert sorted(allowed, key=json.dumps) == sorted(expected, key=json.dumps)
+
+
+def admin_identity(synth: Synth) -> Any:
+    return synth.stack.api.admin_identity
+
+
+def test_admins_have_their_own_pool_without_self_sign_up_with_mfa_and_threat_protection(synth: Synth) -> None:
+    # Finding 7: admins signed in with a password only, in the shoppers' pool that allows self sign-up.
+    admins = admin_identity(synth)
+    pool = synth.resource(admins.user_pool)["Properties"]
+    assert admins.user_pool is not synth.stack.api.user_pool
+    assert pool["AdminCreateUserConfig"]["AllowAdminCreateUserOnly"] is True
+    assert pool["MfaConfiguration"] == "ON"
+    assert pool["EnabledMfas"] == ["SOFTWARE_TOKEN_MFA"]
+    assert pool["UserPoolAddOns"] == {"AdvancedSecurityMode": "ENFORCED"}
+    assert pool["UserPoolTier"] == "PLUS"
+    assert pool["DeletionProtection"] == "ACTIVE"
+    assert pool["Policies"]["PasswordPolicy"]["MinimumLength"] >= 14
+    # The admin group lives in the admin pool only.
+    admin_pool_id = synth.logical_id(admins.user_pool)
+    groups = [g["Properties"] for g in synth.of_type("AWS::Cognito::UserPoolGroup").values()]
+    assert [g["UserPoolId"] for g in groups if g["GroupName"] == "coupon-admins"] == [{"Ref": admin_pool_id}]
+
+
+def test_the_admin_client_signs_in_through_managed_login_with_pkce_and_no_password_flow(synth: Synth) -> None:
+    admins = admin_identity(synth)
+    client = synth.resource(admins.client)["Properties"]
+    assert client["UserPoolId"] == {"Ref": synth.logical_id(admins.user_pool)}
+    assert client.get("GenerateSecret", False) is False
+    assert client["AllowedOAuthFlows"] == ["code"]
+    assert client["AllowedOAuthFlowsUserPoolClient"] is True
+    assert set(client["AllowedOAuthScopes"]) == {"openid", "email", "profile"}
+    assert client["SupportedIdentityProviders"] == ["COGNITO"]
+    assert client["ExplicitAuthFlows"] == ["ALLOW_USER_SRP_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"]
+    assert client["PreventUserExistenceErrors"] == "ENABLED"
+    # The console's own URL (API id + stage: no dependency on the deployment) is the redirect.
+    [callback] = client["CallbackURLs"]
+    assert mentions(callback, synth.logical_id(synth.stack.api.api))
+    assert json.dumps(callback).endswith(f'/{synth.stack.config.stage_name}/console"]]}}')
+    domain = next(iter(synth.of_type("AWS::Cognito::UserPoolDomain").values()))["Properties"]
+    assert domain["UserPoolId"] == {"Ref": synth.logical_id(admins.user_pool)}
+    # No client of any pool may trade an admin's password for tokens.
+    for props in (c["Properties"] for c in synth.of_type("AWS::Cognito::UserPoolClient").values()):
+        if props["UserPoolId"] == {"Ref": synth.logical_id(admins.user_pool)}:
+            assert not {"ALLOW_ADMIN_USER_PASSWORD_AUTH", "ALLOW_USER_PASSWORD_AUTH"} & set(props["ExplicitAuthFlows"])
+
+
+def test_one_authorizer_verifies_both_pools_and_functions_know_the_admin_issuer(synth: Synth) -> None:
+    authorizer = next(iter(synth.of_type("AWS::ApiGateway::Authorizer").values()))["Properties"]
+    providers = authorizer["ProviderARNs"]
+    assert len(providers) == 2
+    assert mentions(providers, synth.logical_id(synth.stack.api.user_pool))
+    assert mentions(providers, synth.logical_id(admin_identity(synth).user_pool))
+    admin_pool_id = synth.logical_id(admin_identity(synth).user_pool)
+    for spec in r.FUNCTIONS:
+        env = synth.resource(synth.stack.functions.functions[spec.name])["Properties"]["Environment"]["Variables"]
+        # ProviderURL is cognito-idp.<region>.amazonaws.com/<pool id>: the issuer without its scheme.
+        assert env["ADMIN_ISSUER"] == {"Fn::Join": ["", ["https://", {"Fn::GetAtt": [admin_pool_id, "ProviderURL"]}]]}
+    console = synth.resource(synth.stack.functions.functions["console"])["Properties"]["Environment"]["Variables"]
+    assert mentions(console["ADMIN_CLIENT_ID"], synth.logical_id(admin_identity(synth).client))
+    assert "amazoncognito.com" in json.dumps(console["ADMIN_SIGNIN_URL"])
+
+
+def test_outputs_name_the_admin_pool_its_client_and_sign_in_url(synth: Synth) -> None:
+    outputs = synth.template["Outputs"]
+    assert outputs["AdminUserPoolId"]["Value"] == {"Ref": synth.logical_id(admin_identity(synth).user_pool)}
+    assert outputs["AdminClientId"]["Value"] == {"Ref": synth.logical_id(admin_identity(synth).client)}
+    assert "AdminSignInUrl" in outputs and "AdminConsoleUrl" in outputs
+
+
+def test_checkout_functions_have_reserved_concurrency(synth: Synth) -> None:
+    # Finding 8c: a guessing flood or a bulk run could take every concurrent execution from redemptions.
+    reserved = synth.stack.config.reserved_concurrency
+    assert reserved == {"validate": 100, "redeem": 200}  # the defaults (CDK context reserved_concurrency)
+    for spec in r.FUNCTIONS:
+        props = synth.resource(synth.stack.functions.functions[spec.name])["Properties"]
+        assert props.get("ReservedConcurrentExecutions") == reserved.get(spec.name), spec.name
+    assert sum(reserved.values()) <= synth.stack.config.account_concurrency_limit - 100
+
+
+def test_uploaded_plaintext_codes_expire_from_the_imports_bucket(synth: Synth) -> None:
+    # Finding 8e: incoming/ uploads hold plaintext codes; they expire (current and noncurrent versions).
+    props = synth.resource(synth.stack.storage.buckets["imports"])["Properties"]
+    rules = {rule.get("Prefix"): rule for rule in props["LifecycleConfiguration"]["Rules"]}
+    assert rules["incoming/"]["ExpirationInDays"] == 7
+    assert rules["incoming/"]["NoncurrentVersionExpiration"] == {"NoncurrentDays": 1}
+    assert rules["results/"]["ExpirationInDays"] == 30
+    assert rules["incoming/"]["Status"] == "Enabled"
+
+
+def test_usage_plans_warn_at_synth_time_that_they_are_not_enforced(synth: Synth) -> None:
+    # Finding 8d: without require_api_keys no request carries a key, so no usage plan ever applies.
+    assert synth.stack.config.require_api_keys is False
+    warnings = [str(entry.data) for construct in synth.stack.node.find_all() for entry in construct.node.metadata
+                if entry.type == "aws:cdk:warning"]
+    assert any("usage plans" in w and "require_api_keys" in w for w in warnings), warnings
 
 
 # -- issue 17: Idempotency-Key records ------------------------------------------------------------

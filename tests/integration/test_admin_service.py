@@ -91,6 +91,37 @@ def test_partial_update_changes_only_what_was_sent(aws_env: Any) -> None:
     assert resumed["status"] == "active" and resumed["max_uses"] is None and resumed["remaining_uses"] is None
 
 
+def test_activating_an_expired_coupon_needs_a_later_expires_at_in_the_same_request(aws_env: Any) -> None:
+    """Issue 11, 10b: `status: active` on an expired coupon used to answer 200 and change nothing."""
+    from coupons.adapters.expiry_store import DynamoExpiryStore
+
+    now = utcnow()
+    service = wiring.admin_service()
+    lapsed = create(code="LAPSED-1", discount_value=10, starts_at=now - timedelta(days=2),
+                    expires_at=now - timedelta(days=1))  # expired by its date; the sweep has not run
+    swept = create(code="SWEPT-1", discount_value=10, starts_at=now - timedelta(days=2),
+                   expires_at=now - timedelta(hours=1))
+    sweep = DynamoExpiryStore(boto3.client("dynamodb"), aws_env.tables["coupons"])
+    pointer = wiring.coupon_store().get_pointer(swept["id"])
+    assert pointer is not None
+    assert sweep.expire({"pk": f"CODE#{pointer['code_hash']}", "sk": "COUPON"}, now)
+    swept = service.get(swept["id"])
+    assert lapsed["status"] == swept["status"] == "expired"
+    still_past = (now - timedelta(minutes=1)).isoformat()
+    for coupon in (lapsed, swept):
+        for patch in ({"status": "active"}, {"status": "active", "expires_at": still_past}):
+            with pytest.raises(ValidationFailed) as refused:
+                service.update(coupon["id"], CouponUpdate.model_validate(patch), "admin-1")
+            assert {d["field"] for d in refused.value.details} == {"status", "expires_at"}, patch
+            assert service.get(coupon["id"]) == coupon  # nothing stored
+        later = (now + timedelta(days=5)).replace(microsecond=0)
+        revived = service.update(coupon["id"], CouponUpdate(status="active", expires_at=later), "admin-1")
+        assert (revived["status"], revived["expires_at"]) == ("active", later)
+    # Setting `active` on a coupon that is not expired stays a no-op 200
+    live = create(code="LIVE-1", discount_value=10)
+    assert service.update(live["id"], CouponUpdate(status="active"), "admin-1")["status"] == "active"
+
+
 def test_an_update_that_breaks_a_rule_stores_nothing(aws_env: Any) -> None:
     created = create(code="RULES-1", discount_value=10)
     with pytest.raises(ValidationFailed):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from coupons.guards import Counts, Policy, crosses, distinct_users
+from coupons.guards import Counts, Policy, Window, crosses, distinct_users
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -19,23 +19,24 @@ def test_the_limit_th_failure_is_answered_and_the_next_request_is_locked() -> No
     # Then the next request is locked, with a Retry-After that reaches into the next bucket
     verdict = POLICY.verdict(Counts(10), Counts(10), T0 + 10)
     assert verdict.locked and verdict.scope == "user"
-    # (10 * (1 - x) < 10 only once the whole window has passed: 600 - 10 + 1 seconds)
-    assert verdict.retry_after == 591
+    # (another failure fits once 10 * (1 - x) <= 9: a tenth into the next bucket, 600 - 10 + 60 seconds)
+    assert verdict.retry_after == 650
 
 
 def test_the_previous_bucket_weighs_less_as_time_passes() -> None:
     counts = Counts(current=0, previous=20)
     assert POLICY.estimate(counts, T0) == 20
     assert POLICY.estimate(counts, T0 + 300) == 10
-    # locked until previous * (1 - x) < 10, i.e. x > 0.5: 300 s into the bucket
-    assert POLICY.retry_after(counts, 10, T0 + 100) == 201
-    assert POLICY.retry_after(counts, 10, T0 + 301) == 0
+    # locked until another failure fits, previous * (1 - x) <= 9, i.e. x >= 0.55: 330 s into the bucket
+    assert POLICY.retry_after(counts, 10, T0 + 100) == 230
+    assert POLICY.retry_after(counts, 10, T0 + 329) == 1
+    assert POLICY.retry_after(counts, 10, T0 + 330) == 0
 
 
 def test_ip_limit_and_the_longer_wait_wins() -> None:
-    # 100 failures in this bucket: free once the next bucket has begun to age them (estimate 100 * (1 - x))
+    # 100 failures in this bucket: free once the next bucket has aged them to 99 (100 * (1 - x) <= 99: 6 s in)
     verdict = POLICY.verdict(Counts(0), Counts(100), T0 + 599)
-    assert verdict.locked and verdict.scope == "ip" and verdict.retry_after == 2
+    assert verdict.locked and verdict.scope == "ip" and verdict.retry_after == 7
     both = POLICY.verdict(Counts(10, 10), Counts(100), T0 + 1)
     assert both.retry_after == max(POLICY.retry_after(Counts(10, 10), 10, T0 + 1),
                                    POLICY.retry_after(Counts(100), 100, T0 + 1))
@@ -56,13 +57,13 @@ def test_retry_after_is_exact(current: int, previous: int, limit: int, window: i
         rolled = {0: counts, 1: Counts(0, current)}.get(shift, Counts(0, 0))
         return policy.estimate(rolled, moment)
 
-    if policy.estimate(counts, now) < limit:
+    if policy.estimate(counts, now) <= limit - 1:
         assert wait == 0
         return
-    # Then after the wait the caller is free, and a second earlier it was not
+    # Then after the wait another failure fits (estimate + 1 <= limit), and a second earlier it did not
     assert wait >= 1
-    assert estimate_at(now + wait) < limit
-    assert estimate_at(now + wait - 1) >= limit - 1e-9 or wait == 1  # (float rounding at the edge)
+    assert estimate_at(now + wait) <= limit - 1 + 1e-9
+    assert estimate_at(now + wait - 1) > limit - 1 - 1e-9 or wait == 1  # (float rounding at the edge)
 
 
 @given(st.integers(1, 40), st.integers(0, 60), st.floats(0, 0.999, allow_nan=False))
@@ -83,3 +84,25 @@ def test_failures_one_by_one_trip_exactly_once(limit: int, failures: int, fracti
 def test_distinct_users_and_crossing() -> None:
     assert distinct_users({"a", "b"}, {"b", "c"}) == 3
     assert crosses(3, 2, 3) and not crosses(3, 3, 4) and not crosses(3, 1, 2)
+
+
+@given(st.integers(0, 50), st.integers(1, 40), st.floats(0, 0.999, allow_nan=False))
+def test_room_admits_exactly_while_one_more_failure_fits(previous: int, limit: int, fraction: float) -> None:
+    # Given any previous bucket at any moment of the current one
+    now = T0 + fraction * 600
+    room = POLICY.room(previous, limit, now)
+    # Then a failure is admitted (current < room) exactly when it fits under the limit, which is
+    # exactly when the caller is not locked
+    for current in range(room + 3):
+        fits = POLICY.estimate(Counts(current, previous), now) + 1 <= limit + 1e-9
+        assert (current < room) == fits == (POLICY.retry_after(Counts(current, previous), limit, now) == 0)
+    # And the failures admitted never take the estimate past the limit
+    assert POLICY.estimate(Counts(room, previous), now) <= limit + 1e-9 or room == 0
+
+
+def test_a_stored_window_as_seen_from_its_bucket_and_later_ones() -> None:
+    window = Window(bucket=7, current=4, previous=9)
+    assert window.counts_at(7) == Counts(4, 9)
+    assert window.counts_at(8) == Counts(0, 4)  # its bucket is now the previous one
+    assert window.counts_at(9) == Counts(0, 0)  # aged out
+    assert window.counts_at(6) == Counts(4, 9)  # a request whose clock is behind reads it as it is

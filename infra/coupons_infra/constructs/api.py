@@ -1,4 +1,4 @@
-"""The REST API: Cognito user pool and authorizer, one method per resources.Route, WAF, usage plans.
+"""The REST API: Cognito user pools and authorizer, one method per resources.Route, WAF, usage plans.
 
 API Gateway answers some requests itself (no token, throttled, too large...). Its gateway
 responses are rewritten here to the contract's error envelope, so a client sees the same
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import aws_cdk as cdk
-from aws_cdk import Aws, Duration, Validations
+from aws_cdk import Annotations, Aws, Duration, Validations
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_cognito as cognito
 from aws_cdk import aws_iam as iam
@@ -20,10 +20,9 @@ from aws_cdk import aws_wafv2 as wafv2
 from constructs import Construct
 
 from .. import resources as r
+from .admin_identity import AdminIdentity
 from .config import CHANNELS, StackConfig
 from .functions import retention
-
-ADMIN_GROUP = r.base_environment({}).get("ADMIN_GROUP", "coupon-admins")
 
 # (response type, HTTP status, contract error code, message, extra headers)
 GATEWAY_RESPONSES: tuple[tuple[str, str | None, str, str, dict[str, str]], ...] = (
@@ -76,6 +75,7 @@ class Api(Construct):
         self.config = config
         self._identity()
         self._rest_api(config)
+        self._admins(config, functions)
         self.methods: dict[str, apigw.Method] = {}
         for spec in r.FUNCTIONS:
             for route in spec.routes:
@@ -90,7 +90,7 @@ class Api(Construct):
         self.user_pool = cognito.UserPool(
             self, "UserPool",
             user_pool_name=f"{self.config.name_prefix}-users",
-            self_sign_up_enabled=True,  # shoppers register themselves; admins are added to the group
+            self_sign_up_enabled=True,  # shoppers register themselves; admins have their own pool
             sign_in_aliases=cognito.SignInAliases(email=True),
             sign_in_case_sensitive=False,
             auto_verify=cognito.AutoVerifiedAttrs(email=True),
@@ -114,7 +114,7 @@ class Api(Construct):
         Validations.of(self.user_pool).acknowledge(cdk.Acknowledgment(
             id="AwsSolutions-COG2",
             reason="The pool's users are shoppers at checkout; MFA (TOTP) is offered and optional. "
-                   "Admin routes additionally need membership of coupon-admins, granted by an operator."))
+                   "Its tokens are never admins: admins sign in to their own pool, where MFA is required."))
         if not threat:
             Validations.of(self.user_pool).acknowledge(cdk.Acknowledgment(
                 id="AwsSolutions-COG3",
@@ -126,13 +126,6 @@ class Api(Construct):
                 reason="The Plus plan is billed per monthly active user and every shopper is a user here; "
                        "it is opt-in with -c cognito_threat_protection=true (which also enforces threat "
                        "protection)."))
-        self.admins_group = cognito.CfnUserPoolGroup(
-            self, "AdminsGroup",
-            user_pool_id=self.user_pool.user_pool_id,
-            group_name=ADMIN_GROUP,
-            description="May use the admin routes (coupon CRUD, bulk, jobs, reports)",
-            precedence=0,
-        )
         self.clients: dict[str, cognito.UserPoolClient] = {}
         for channel in CHANNELS:
             self.clients[channel] = self.user_pool.add_client(
@@ -149,13 +142,27 @@ class Api(Construct):
                 access_token_validity=Duration.hours(1),
                 refresh_token_validity=Duration.days(7 if channel == "pos" else 30),
             )
+
+    def _admins(self, config: StackConfig, functions: dict[str, lambda_.Function]) -> None:
+        """Issue 17, finding 7: the admins' own pool, one authorizer for both pools, and the
+        functions told which issuer makes an admin."""
+        # The console's URL from the API's id and the stage name (not api.url: that would make the
+        # client, and through it the console function, depend on the deployment of its own route).
+        self.console_url = (f"https://{self.api.rest_api_id}.execute-api.{Aws.REGION}.{Aws.URL_SUFFIX}/"
+                            f"{config.stage_name}/console")
+        self.admin_identity = AdminIdentity(self, "Admins", config=config, console_url=self.console_url)
         self.authorizer = apigw.CognitoUserPoolsAuthorizer(
             self, "Authorizer",
             authorizer_name="cognito",
-            cognito_user_pools=[self.user_pool],
+            cognito_user_pools=[self.user_pool, self.admin_identity.user_pool],
             identity_source=apigw.IdentitySource.header("Authorization"),
             results_cache_ttl=Duration.minutes(5),
         )
+        for function in functions.values():
+            function.add_environment("ADMIN_ISSUER", self.admin_identity.issuer)
+        if "console" in functions:
+            for name, value in self.admin_identity.console_environment().items():
+                functions["console"].add_environment(name, value)
 
     # -- the API and its stage --------------------------------------------------------------
     def _rest_api(self, config: StackConfig) -> None:
@@ -268,6 +275,14 @@ class Api(Construct):
 
     # -- usage plans per channel client -----------------------------------------------------
     def _usage_plans(self, config: StackConfig) -> None:
+        if not config.require_api_keys:
+            # Issue 17, 8d: API Gateway applies a usage plan only to requests carrying its API key.
+            Annotations.of(self).add_warning_v2(
+                "coupons:usage-plans-not-enforced",
+                "The per-channel usage plans (throttle and daily quota) are NOT enforced: no method requires "
+                "an API key (require_api_keys is false), and API Gateway applies a plan only to requests that "
+                "carry its key. The stage throttle and the WAF per-IP rule still apply. Deploy with "
+                "-c require_api_keys=true and give each channel client its key (X-Api-Key) to enforce them.")
         self.usage_plans: dict[str, apigw.UsagePlan] = {}
         self.api_keys: dict[str, apigw.IApiKey] = {}
         for channel in CHANNELS:

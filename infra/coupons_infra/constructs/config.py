@@ -53,9 +53,30 @@ def seed_environment(get: Callable[[str], Any]) -> dict[str, str]:
     return env
 
 
+def _as_mapping(value: Any, key: str) -> dict[str, Any]:
+    if isinstance(value, str):
+        value = json.loads(value)
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{key}: expected a JSON object, got {value!r}")
+    return dict(value)
+
+
+# Lambda keeps at least this many of an account's concurrent executions unreserved.
+UNRESERVED_MINIMUM = 100
+
+
+def _key_version(value: Any) -> int:
+    """The code key version (CODE_KEY_VERSION): a whole number from 1; anything else fails the synth."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise ValueError(f"code_key_version={value!r}: expected a whole number from 1 (the active code key version)")
+    return int(text)
+
+
 @dataclass(frozen=True)
 class StackConfig:
     seed_environment: dict[str, str] = field(default_factory=dict)
+    code_key_version: int = 1  # also in seed_environment (CODE_KEY_VERSION) when set in context
     name_prefix: str = "coupons"  # physical names: buckets, bus, alias, API
     stage_name: str = "v1"
     web_origins: tuple[str, ...] = ("https://shop.example.com",)
@@ -73,6 +94,43 @@ class StackConfig:
     api_5xx_alarm_rate: float = 0.01  # fraction of requests
     cognito_threat_protection: bool = False  # Cognito Plus plan, billed per monthly active user
     termination_protection: bool = True
+    # Issue 17, 8c: concurrent executions reserved for (and capping) the checkout functions, so a
+    # guessing flood on one or a bulk run elsewhere cannot take the capacity redemptions need.
+    # Defaults: resources.Function.reserved_concurrency; context {"name": n} overrides, 0 removes.
+    reserved_concurrency: dict[str, int] = field(default_factory=lambda: {
+        f.name: f.reserved_concurrency for f in r.FUNCTIONS if f.reserved_concurrency})
+    account_concurrency_limit: int = 1000  # the account's Lambda quota in the region (the default one)
+    # Issue 17, 8e: {bucket key: {prefix: days}} over resources.Bucket.expire_after_days.
+    expire_after_days: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Issue 17, 7: the admin console's sign-in (the admin pool's managed login). The console's own
+    # URL on the API is always a callback; add others (a custom domain) here.
+    admin_callback_urls: tuple[str, ...] = ()
+    admin_domain_prefix: str | None = None  # default <name_prefix>-admin-<account id>
+
+    def __post_init__(self) -> None:
+        names = {f.name for f in r.FUNCTIONS}
+        for name, count in self.reserved_concurrency.items():
+            if name not in names:
+                raise ValueError(f"reserved_concurrency: unknown function {name!r}")
+            if count < 1:
+                raise ValueError(f"reserved_concurrency: {name} must be at least 1 (leave it out for none)")
+        left = self.account_concurrency_limit - sum(self.reserved_concurrency.values())
+        if left < UNRESERVED_MINIMUM:
+            raise ValueError(
+                f"reserved_concurrency {self.reserved_concurrency} leaves {left} unreserved of the account's "
+                f"{self.account_concurrency_limit} (account_concurrency_limit); Lambda keeps at least "
+                f"{UNRESERVED_MINIMUM} unreserved")
+        buckets = {b.key for b in r.BUCKETS}
+        for bucket, prefixes in self.expire_after_days.items():
+            if bucket not in buckets:
+                raise ValueError(f"expire_after_days: unknown bucket {bucket!r} (expected one of {sorted(buckets)})")
+            for prefix, days in prefixes.items():
+                if days < 1:
+                    raise ValueError(f"expire_after_days: {bucket} {prefix!r} must be at least 1 day")
+
+    def expiry_days(self, bucket: r.Bucket) -> dict[str, int]:
+        """Lifecycle expiry per prefix of this bucket: resources.py's, then the context's."""
+        return {**dict(bucket.expire_after_days), **self.expire_after_days.get(bucket.key, {})}
 
     @classmethod
     def from_context(cls, context: Mapping[str, Any] | Callable[[str], Any]) -> StackConfig:
@@ -92,8 +150,25 @@ class StackConfig:
                 raise ValueError(f"channel_limits: unknown channel {channel!r} (expected {CHANNELS})")
             channel_limits[channel] = (int(triple[0]), int(triple[1]), int(triple[2]))
         alarm_email = get("alarm_email")
+        reserved = get("reserved_concurrency")
+        reserved_concurrency = dict(defaults.reserved_concurrency)
+        for name, count in _as_mapping(reserved if reserved is not None else {}, "reserved_concurrency").items():
+            if count in (None, 0, "0", ""):  # 0 or null: no reservation for that function
+                reserved_concurrency.pop(name, None)
+            else:
+                reserved_concurrency[name] = int(count)
+        expiry = get("expire_after_days")
+        expire_after_days = {
+            bucket: {str(prefix): int(days) for prefix, days in _as_mapping(prefixes, f"expire_after_days.{bucket}").items()}
+            for bucket, prefixes in _as_mapping(expiry, "expire_after_days").items()} if expiry is not None else {}
+        domain_prefix = get("admin_domain_prefix")
+        environment = seed_environment(get)
+        key_version = pick("code_key_version", defaults.code_key_version, _key_version)
+        if get("code_key_version") is not None:
+            environment[r.SEED_OPTIONS["code_key_version"]] = str(key_version)
         return cls(
-            seed_environment=seed_environment(get),
+            seed_environment=environment,
+            code_key_version=key_version,
             name_prefix=pick("name_prefix", defaults.name_prefix, str),
             stage_name=pick("stage_name", defaults.stage_name, str),
             web_origins=pick("web_origins", defaults.web_origins, _as_list),
@@ -109,4 +184,9 @@ class StackConfig:
             cognito_threat_protection=pick("cognito_threat_protection", defaults.cognito_threat_protection,
                                            _as_bool),
             termination_protection=pick("termination_protection", defaults.termination_protection, _as_bool),
+            reserved_concurrency=reserved_concurrency,
+            account_concurrency_limit=pick("account_concurrency_limit", defaults.account_concurrency_limit, int),
+            expire_after_days=expire_after_days,
+            admin_callback_urls=pick("admin_callback_urls", defaults.admin_callback_urls, _as_list),
+            admin_domain_prefix=str(domain_prefix) if domain_prefix else None,
         )

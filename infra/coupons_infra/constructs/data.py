@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aws_cdk import Aws, RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
@@ -22,6 +24,14 @@ KEY_USE_ACTIONS = [
     "kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo", "kms:GenerateDataKey",
     "kms:GenerateDataKeyWithoutPlaintext", "kms:DescribeKey",
 ]
+
+
+# What the code keyring's context may be used for (coupons/crypto.py: {"purpose": "coupon-codes", ...}).
+CODE_CONTEXT_ACTIONS = [
+    "kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo", "kms:GenerateDataKey",
+    "kms:GenerateDataKeyWithoutPlaintext",
+]
+CODE_CONTEXT = {"kms:EncryptionContext:purpose": "coupon-codes"}
 
 
 def least_privilege_key_policy(description: str) -> iam.PolicyDocument:
@@ -89,3 +99,17 @@ class Data(Construct):
                 projection_type=dynamodb.ProjectionType.ALL,
             )
         return table
+
+    def reserve_code_context(self, roles: Sequence[iam.IRole]) -> None:
+        """Issue 17, finding 4: under the code keyring's encryption context the key works only for
+        these roles (the functions that handle codes). A key-policy deny outranks any IAM allow: not
+        an administrator's, not a stream consumer's, not a future function's grant."""
+        self.key.add_to_resource_policy(iam.PolicyStatement(
+            sid="CodeContextOnlyForCodeFunctions",
+            effect=iam.Effect.DENY,
+            principals=[iam.AnyPrincipal()],
+            actions=CODE_CONTEXT_ACTIONS,
+            resources=["*"],  # this key
+            conditions={"StringEquals": CODE_CONTEXT,
+                        "ArnNotEquals": {"aws:PrincipalArn": [role.role_arn for role in roles]}},
+        ))

@@ -199,7 +199,7 @@ class Functions(Construct):
             role=role,
             log_group=log_group,
             tracing=lambda_.Tracing.ACTIVE,
-            reserved_concurrent_executions=getattr(spec, "reserved_concurrency", None),
+            reserved_concurrent_executions=self.config.reserved_concurrency.get(spec.name),
         )
         Validations.of(function).acknowledge(cdk.Acknowledgment(
             id="AwsSolutions-L1",

@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 import aws_cdk as cdk
-from aws_cdk import Duration, Validations
+from aws_cdk import Aws, Duration, Validations
+from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_destinations as destinations
 from aws_cdk import aws_lambda_event_sources as sources
@@ -106,7 +108,7 @@ class Jobs(Construct):
                         raise ValueError(f"function {spec.name} reads the stream of {table_key!r}, "
                                          "which is not a table with stream=True")
                     function.add_event_source(sources.DynamoEventSource(
-                        table,
+                        _stream_only(self, f"{spec.name}-{table_key}", table),
                         starting_position=lambda_.StartingPosition.TRIM_HORIZON,
                         batch_size=spec.stream_batch_size,
                         bisect_batch_on_error=True,
@@ -116,6 +118,12 @@ class Jobs(Construct):
                         report_batch_item_failures=True,
                         parallelization_factor=1,  # keep per-item order: events follow commits
                     ))
+                # Issue 17, finding 4: the stream images hold every ciphertext and the wrapped keyring,
+                # so the consumer may decrypt only what DynamoDB decrypts for it (the stream records),
+                # never call kms:Decrypt on the key itself.
+                function.add_to_role_policy(iam.PolicyStatement(
+                    actions=["kms:Decrypt"], resources=[data.key.key_arn],
+                    conditions={"StringEquals": {"kms:ViaService": f"dynamodb.{Aws.REGION}.amazonaws.com"}}))
 
     def _schedule(self, spec: r.Function, schedule: r.Schedule, function: lambda_.Function,
                   messaging: Messaging) -> None:
@@ -138,6 +146,13 @@ class Jobs(Construct):
                 max_event_age=Duration.hours(1),
             )],
         )
+
+
+def _stream_only(scope: Construct, name: str, table: dynamodb.Table) -> dynamodb.ITable:
+    """The table as its stream consumer sees it: the same ARNs but no encryption key, so that the
+    event source's grantStreamRead adds no unconditioned kms:Decrypt (the caller adds its own)."""
+    return dynamodb.Table.from_table_attributes(
+        scope, f"{_camel(name)}Stream", table_arn=table.table_arn, table_stream_arn=table.table_stream_arn)
 
 
 def _stream_tables(spec: r.Function) -> tuple[str, ...]:

@@ -54,11 +54,14 @@ class Storage(Construct):
             abort_incomplete_multipart_upload_after=Duration.days(7),
             noncurrent_version_expiration=Duration.days(30),
         )]
-        for prefix, days in getattr(spec, "expire_after_days", ()):
+        for prefix, days in config.expiry_days(spec).items():
             lifecycle.append(s3.LifecycleRule(
                 id=f"expire-{prefix.strip('/') or 'all'}-after-{days}-days",
                 prefix=prefix or None,
                 expiration=Duration.days(days),
+                # The buckets are versioned: expiry only hides the object behind a delete marker. Its
+                # content (plaintext codes, for uploads and exports) goes a day later, not in 30.
+                noncurrent_version_expiration=Duration.days(1),
             ))
         bucket = s3.Bucket(
             self, f"{spec.key.title()}Bucket",

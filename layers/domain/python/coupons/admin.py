@@ -7,17 +7,21 @@ from datetime import datetime
 from typing import Any
 
 from .adapters.checkout_store import counted
-from .adapters.coupon_store import SPEC_FIELDS, CouponStore, StaleWrite
+from .adapters.coupon_store import OTHER_HASHES, SPEC_FIELDS, CouponStore, StaleWrite
 from .clock import utcnow
 from .codegen import generate_code, new_coupon_id
 from .codes import normalise
-from .crypto import CodeCipher
+from .crypto import CodeCipher, refreshed
 from .errors import CodeAlreadyExists, CouponNotFound, TryAgain, ValidationFailed
 from .models import CouponCreate, CouponUpdate, checked_spec, resolve_spec
 from .settings import Settings
 
 GENERATION_ATTEMPTS = 5
 EDIT_ATTEMPTS = 4
+# How stale a creating container's view of the stored key versions may be: one started before a
+# rotation (a bulk worker runs for up to 15 minutes) learns the new version within this long and
+# then guards its index too. One Query when due; KMS only for a version it has not unwrapped.
+KEYRING_RECHECK_SECONDS = 10.0
 
 
 def effective_status(record: dict[str, Any], now: datetime) -> str:
@@ -53,6 +57,25 @@ def coupon_view(record: dict[str, Any], code: str, now: datetime) -> dict[str, A
     return view
 
 
+def _check_reactivation(old: dict[str, Any], patch: dict[str, Any], expires_at: datetime, now: datetime) -> None:
+    """Contract: `status: active` on an expired coupon needs a later `expires_at` in the same request.
+
+    Without one the coupon would stay expired (dates win over the stored status): a 400, not a
+    200 that silently changes nothing. Expired: stored as such, or past its `expires_at`.
+    """
+    if patch.get("status") != "active":
+        return
+    if old["status"] != "expired" and now < old["expires_at"]:
+        return
+    if patch.get("expires_at") is not None and expires_at > now:
+        return
+    message = "an expired coupon becomes active only with a later expires_at in the same request"
+    raise ValidationFailed(details=[
+        {"field": "status", "message": message},
+        {"field": "expires_at", "message": "send a time in the future to make this expired coupon active"},
+    ])
+
+
 class AdminService:
     def __init__(
         self,
@@ -74,11 +97,12 @@ class AdminService:
         normalised = normalise(code)
         if normalised is None:  # the model already enforced the vanity rule
             raise ValidationFailed(details=[{"field": "code", "message": "not a valid code"}])
-        cipher = self._cipher()
+        cipher = refreshed(self._cipher, KEYRING_RECHECK_SECONDS)
         return {
             "code_hash": cipher.blind_index(normalised),
             "key_version": cipher.active_version,
             "code_ct": cipher.encrypt(code, coupon_id),
+            OTHER_HASHES: cipher.other_indexes(normalised),  # must be free: the store checks them atomically
         }
 
     def create(self, request: CouponCreate, actor: str) -> dict[str, Any]:
@@ -129,6 +153,7 @@ class AdminService:
             merged.update({k: v for k, v in patch.items() if k in SPEC_FIELDS})
             merged = {k: v for k, v in merged.items() if v is not None or k in ("max_uses", "uses_per_user")}
             spec = checked_spec(merged)
+            _check_reactivation(old, patch, spec.expires_at, now)
             status = patch.get("status") or old["status"]
             if old["status"] == "expired" and "status" not in patch and spec.expires_at > now:
                 status = "active"  # extending an expired coupon brings it back

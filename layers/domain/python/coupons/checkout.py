@@ -2,12 +2,21 @@
 
 Cost per request (DynamoDB calls; KMS never, the keyring is cached per container):
 
-- validate: 1 BatchGetItem (coupon under every key version, the user's usage, the
-  user's and the IP's failure counters); a failed guess adds 1 TransactWriteItems.
+- validate: 1 BatchGetItem (coupon under every key version, the user's usage of it, the
+  user's and the IP's failure counters); the first read of a code in a container adds
+  1 GetItem (the usage is kept by coupon id; see checkout_store, "Usage by coupon id").
+  A failed guess adds 3 UpdateItem: the user's and the IP's counters (conditional, so
+  counted before it is answered) and the day's total.
 - redeem: the same read, then 1 TransactWriteItems (redemption record, counter,
   usage) on the success path; a user's first redemption from an IP in a window
   adds 1 UpdateItem (the IP's distinct users).
 - rollback: 1 GetItem + 1 TransactWriteItems.
+
+Failed guesses are counted first and answered after: the store's conditional increment
+decides whether a guess still fits under the user's and the IP's limits (404) or not
+(429), so a burst of parallel guesses whose reads all saw no failure still gets no more
+than the limit of 404s (see guards, "Counting under concurrency"). The check on the read
+is only a fast path that answers 429 sooner; it never lets a guess through.
 
 Caps hold in the store: the transaction's conditions re-check everything the read
 saw (status, dates, the coupon's version, the cap, the user's uses), so a lost
@@ -17,7 +26,6 @@ returned (ReturnValuesOnConditionCheckFailure=ALL_OLD), never over-admitted.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import random
@@ -39,8 +47,9 @@ from .adapters.checkout_store import (
 from .adapters.coupon_store import coupon_record
 from .clock import epoch, iso, parse_iso, utcnow
 from .codes import normalise
-from .crypto import CodeCipher
+from .crypto import CodeCipher, refreshed
 from .errors import (
+    AlreadyRolledBack,
     CouponNotFound,
     IdempotencyConflict,
     RateLimited,
@@ -50,6 +59,7 @@ from .errors import (
     rule_violation,
 )
 from .guards import Policy, crosses, distinct_users
+from .lockouts import FailedGuesses
 from .models import RedeemRequest, ValidateRequest
 from .pricing import Attempt, Quote, Terms, Usage, evaluate, lines_of
 from .settings import Settings
@@ -146,6 +156,7 @@ class CheckoutService:
         self._signals = signals or _NoSignals()
         self.policy = Policy(settings.failed_attempts_per_user, settings.failed_attempts_per_ip,
                              settings.failed_attempt_window_seconds)
+        self._guesses = FailedGuesses(store, self.policy, self._signals, self._backoff)
         # coupon id -> (when read, cap, shard -> remaining): this container's last read of a hot coupon's shards
         self._shard_views: dict[str, tuple[float, int, dict[int, int]]] = {}
 
@@ -186,8 +197,7 @@ class CheckoutService:
             record = self._record(rid, coupon, quote, request, who, fingerprint, now, shard)
             record["attempt_id"] = attempt_id
             try:
-                self._store.commit_redemption(record, coupon=coupon, usage_current=snapshot.usage_is_current(),
-                                              now=now, shard=shard)
+                self._store.commit_redemption(record, coupon=coupon, now=now, shard=shard)
             except StoreBusy:
                 busy = self._backoff(busy)
                 snapshot = self._reread(request.code, who)
@@ -216,11 +226,7 @@ class CheckoutService:
                     else:
                         snapshot.coupon = coupon_record(old)  # re-decide from the coupon as it is
                 if cancelled.failed(2):
-                    old_usage = cancelled.old(2)
-                    if old_usage is None:
-                        snapshot.usages.pop(coupon["code_hash"], None)
-                    else:
-                        snapshot.usages[coupon["code_hash"]] = old_usage
+                    snapshot.usage = cancelled.old(2)  # this user's uses as they are now
                 continue
             self._after_redemption(who, now, ip_users)
             return Redeemed(self._view_of_record(record), created=True)
@@ -269,6 +275,8 @@ class CheckoutService:
             raise TryAgain(retry_after=RETRY_AFTER_SECONDS)
         if existing.get("order_fingerprint") != fingerprint:
             raise IdempotencyConflict()
+        if existing.get("status") == "rolled_back":
+            raise AlreadyRolledBack()  # a 200 saying "rolled_back" reads as success to a client checking the status
         # Our own earlier try may have committed before its answer was lost (a timeout): still a 201.
         return Redeemed(redemption_view(existing), created=existing.get("attempt_id") == attempt_id)
 
@@ -308,6 +316,7 @@ class CheckoutService:
                 self._store.init_shards(coupon, self._settings.hot_coupon_shards)
                 coupon["shards"] = shards = {"n": self._settings.hot_coupon_shards,
                                              "cap": cap_value(coupon.get("max_uses"))}
+                coupon["version"] = int(coupon.get("version") or 0) + 1  # the split bumped it
             except Cancelled as cancelled:  # another request split it first: go on with its split
                 old = cancelled.old(0)
                 if old is None or old.get("coupon_id") != coupon["coupon_id"] or not old.get("shards"):
@@ -385,23 +394,24 @@ class CheckoutService:
         verdict = self.policy.verdict(snapshot.user, snapshot.ip, now.timestamp())
         if verdict.locked:
             raise RateLimited(retry_after=verdict.retry_after)
+        if snapshot.coupon is None and self._keyring_was_stale():  # malformed too: one cost for every miss
+            return self._guarded_read(code, who, now, ip_users=ip_users)  # look again under every version
         if snapshot.coupon is None or not well_formed:
             self._failed_guess(who, now, snapshot, bucket)
             raise CouponNotFound()
         return snapshot
 
+    def _keyring_was_stale(self) -> bool:
+        """A function without kms:GenerateDataKey that started before the active key version existed
+        searched the older versions only. Before a miss counts as a failed guess, see whether that
+        version exists now (one Query; one KMS Decrypt if it does): its codes are then looked up too."""
+        cipher = self._cipher()
+        return not cipher.complete and refreshed(self._cipher).versions != cipher.versions
+
     def _failed_guess(self, who: Caller, now: datetime, snapshot: Snapshot, bucket: int) -> None:
-        flags = [
-            fraud_flag(kind="lockout", scope=trip.scope, subject=who.user_id if trip.scope == "user" else who.ip,
-                       bucket=bucket, now=now, count=trip.count, limit=trip.limit, window=self.policy.window)
-            for trip in self.policy.trips(snapshot.user, snapshot.ip, now.timestamp())
-        ]
-        with contextlib.suppress(StoreBusy):  # the answer is the same 404 either way
-            self._store.record_failure(user_id=who.user_id, ip=who.ip, now=now, bucket=bucket,
-                                       window=self.policy.window, flags=flags)
-        self._signals.count("FailedAttempts")
-        if flags:
-            self._signals.count("Lockouts", len(flags))
+        """Count the failed guess first (lockouts.FailedGuesses); returns only if it may be answered 404."""
+        self._guesses.count(who.user_id, who.ip, now, user_seen=snapshot.user_window,
+                            ip_seen=snapshot.ip_window)
 
     def _reread(self, code: str, who: Caller) -> Snapshot:
         _, hashes = self._hashes(code)
@@ -465,7 +475,7 @@ class CheckoutService:
                     index += 1
                 if usage:
                     if cancelled.failed(index):
-                        usage = False  # the usage item belongs to another coupon now: nothing to give back
+                        usage = False  # no use of this customer's left on the coupon: nothing to give back
                     index += 1
                 if clear_hint is not None and cancelled.failed(index):
                     clear_hint = None

@@ -60,6 +60,10 @@ class IdempotencyConflict(DomainError):
     status, code, message = 409, "IDEMPOTENCY_CONFLICT", "This order_id was already used with a different order."
 
 
+class AlreadyRolledBack(DomainError):
+    status, code, message = 409, "ALREADY_ROLLED_BACK", "This order's redemption was rolled back."
+
+
 class RuleViolation(DomainError):
     """The code exists but this order may not use it (422)."""
 

@@ -98,10 +98,25 @@ def _groups(raw: Any) -> frozenset[str]:
     return frozenset()
 
 
+def _from_admin_pool(claims: Mapping[str, Any]) -> bool:
+    """Whether the token was issued by the admin pool (its `iss`, exactly). The authorizer accepts
+    both pools' tokens, so a `coupon-admins` group claim counts only on a token from there."""
+    admin_issuer = get_settings().admin_issuer
+    return bool(admin_issuer) and claims.get("iss") == admin_issuer
+
+
+def _trusted_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
+    """The claims, without the admin group unless the token comes from the admin pool."""
+    if _from_admin_pool(claims):
+        return dict(claims)
+    admin_group = get_settings().admin_group
+    return {**claims, "cognito:groups": sorted(_groups(claims.get("cognito:groups")) - {admin_group})}
+
+
 def identity_of(app: Any) -> Identity:
     context = app.current_event.request_context
     authorizer = context.authorizer.raw_event if context.authorizer else {}
-    claims = authorizer.get("claims") or {}
+    claims = _trusted_claims(authorizer.get("claims") or {})
     user_id = claims.get("sub")
     if not user_id:
         raise Unauthenticated()

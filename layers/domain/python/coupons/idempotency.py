@@ -143,7 +143,9 @@ def once(router: Any, *, caller: str, key: str | None, produce: Callable[[], Res
     scope = {"caller": caller, "route": f"{event.http_method} {event.resource}", "key": key}
     request: Any = {"path": event.path_parameters or {}, "body": json.loads(event.body) if event.body else None}
     if sealer is not None:  # the body may hold a vanity code: keep only a keyed fingerprint of it
-        request = {"fingerprint": sealer().blind_index("idempotent-request:" + _canonical(request))}
+        keyring = sealer()  # under the oldest version, so a key rotation within the 24 hours changes nothing
+        request = {"fingerprint": keyring.blind_index("idempotent-request:" + _canonical(request),
+                                                      min(keyring.versions))}
     bound_to = "idempotency:" + hashlib.sha256(_canonical(scope).encode()).hexdigest()
     outcome: dict[str, Any] = {}
 

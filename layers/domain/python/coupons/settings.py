@@ -41,6 +41,9 @@ ENV_NAMES: dict[str, str] = {
     "import_checkpoint_rows": "IMPORT_CHECKPOINT_ROWS",
     "generation_batch_size": "GENERATION_BATCH_SIZE",
     "admin_group": "ADMIN_GROUP",
+    "admin_issuer": "ADMIN_ISSUER",
+    "admin_signin_url": "ADMIN_SIGNIN_URL",
+    "admin_client_id": "ADMIN_CLIENT_ID",
 }
 
 
@@ -83,6 +86,11 @@ class Settings(BaseModel):
     import_checkpoint_rows: int = Field(default=1000, ge=1, le=100_000)
     generation_batch_size: int = Field(default=1000, ge=1, le=10_000)
     admin_group: str = "coupon-admins"
+    # The admin pool's issuer URL: only its ID tokens can be admins (issue 17). Empty: nobody is.
+    admin_issuer: str = ""
+    # The console's sign-in: the admin pool's managed login domain and its public app client.
+    admin_signin_url: str = ""
+    admin_client_id: str = ""
 
     @field_validator("discount_type", mode="before")
     @classmethod

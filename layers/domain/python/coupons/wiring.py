@@ -7,19 +7,18 @@ from functools import lru_cache
 from .adapters import aws
 from .adapters.coupon_store import CouponStore, DynamoKeyringStore
 from .admin import AdminService
-from .crypto import CipherCache, CodeCipher, unwrap_keyring
+from .crypto import CodeCipher, Keyring, unwrap_keyring
 from .settings import get_settings
 
-_ciphers = CipherCache()
+
+def _unwrap(known: CodeCipher | None) -> CodeCipher:
+    settings = get_settings()
+    store = DynamoKeyringStore(aws.client("dynamodb"), settings.coupons_table)
+    return unwrap_keyring(store, aws.client("kms"), settings.kms_key_id, settings.code_key_version, known=known)
 
 
-def cipher() -> CodeCipher:
-    def build() -> CodeCipher:
-        settings = get_settings()
-        store = DynamoKeyringStore(aws.client("dynamodb"), settings.coupons_table)
-        return unwrap_keyring(store, aws.client("kms"), settings.kms_key_id, settings.code_key_version)
-
-    return _ciphers.get(build)
+# This container's keyring: `cipher()` is the cached one, `cipher.refresh()` re-reads the stored versions.
+cipher = Keyring(_unwrap)
 
 
 @lru_cache(maxsize=1)
@@ -34,7 +33,7 @@ def admin_service() -> AdminService:
 
 def reset() -> None:
     """Forget every cached client, key and service (tests; a new environment)."""
-    _ciphers.clear()
+    cipher.clear()
     coupon_store.cache_clear()
     admin_service.cache_clear()
     get_settings.cache_clear()

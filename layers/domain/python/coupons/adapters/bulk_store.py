@@ -4,7 +4,10 @@ Coupons
     `CouponBatchWriter.write` stores up to 50 coupons per `TransactWriteItems`
     (coupon item + id pointer = 2 items each, 100 items: the service limit), every
     item guarded by `attribute_not_exists(pk)`, so an existing code is never
-    overwritten. When a transaction is cancelled, DynamoDB's cancellation reasons
+    overwritten. After a key rotation each coupon adds one `ConditionCheck` per
+    other live key version (its code's index there must be absent: one code never
+    lives under two versions), so a transaction holds fewer coupons (33 with two
+    versions). When a transaction is cancelled, DynamoDB's cancellation reasons
     name the offending items: those rows are classified and the rest is written
     again; without reasons (or for any other failure of the whole batch) each row
     is written on its own to find the offending ones.
@@ -30,16 +33,17 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from .coupon_store import coupon_item, id_pk
+from .coupon_store import OTHER_HASHES, code_pk, coupon_item, free_checks, id_pk
 from .dynamo import chunks, error_code, from_item, is_transient, key, to_item, to_value, translate
 
 MAX_COUPONS_PER_TRANSACTION = 50  # 2 items each: TransactWriteItems takes at most 100
+MAX_TRANSACTION_ITEMS = 100
 _CONFLICT_ATTEMPTS = 4
 
 CREATED = "created"  # written now
@@ -83,12 +87,27 @@ class CouponBatchWriter:
     def write(self, pending: list[PendingCoupon], job_id: str) -> dict[int, WriteResult]:
         """Store every pending coupon that can be stored; one result per ref."""
         results: dict[int, WriteResult] = {}
-        for batch in chunks(pending, MAX_COUPONS_PER_TRANSACTION):
+        for batch in self._batches(pending):
             self._write_batch(batch, job_id, results)
         return results
 
+    def _batches(self, pending: list[PendingCoupon]) -> Iterator[list[PendingCoupon]]:
+        """Runs of rows whose items fit one transaction (at most 50 coupons, 100 items)."""
+        batch: list[PendingCoupon] = []
+        size = 0
+        for row in pending:
+            n = 1 + len(self._code_hashes(row))  # coupon + pointer + one check per other version
+            if batch and (size + n > MAX_TRANSACTION_ITEMS or len(batch) == MAX_COUPONS_PER_TRANSACTION):
+                yield batch
+                batch, size = [], 0
+            batch.append(row)
+            size += n
+        if batch:
+            yield batch
+
     def _items(self, row: PendingCoupon, job_id: str) -> list[dict[str, Any]]:
         # ALL_OLD: a cancelled transaction hands back the items in the way (no read to classify a row).
+        # Coupon, pointer, then one check per other live key version (`_code_hashes` lists them alike).
         return [
             {"Put": {"TableName": self._table, "Item": to_item(coupon_item(row.record)),
                      "ConditionExpression": "attribute_not_exists(pk)",
@@ -96,23 +115,38 @@ class CouponBatchWriter:
             {"Put": {"TableName": self._table, "Item": to_item(pointer_item(row.record, job_id, row.ref)),
                      "ConditionExpression": "attribute_not_exists(pk)",
                      "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}},
+            *free_checks(self._table, row.record),
         ]
+
+    @staticmethod
+    def _code_hashes(row: PendingCoupon) -> list[str]:
+        """The code's index under the active version, then under each other version checked."""
+        others = [h for h in row.record.get(OTHER_HASHES) or () if h != row.record["code_hash"]]
+        return [row.record["code_hash"], *others]
 
     def _write_batch(self, batch: list[PendingCoupon], job_id: str, results: dict[int, WriteResult]) -> None:
         remaining = list(batch)
         for attempt in range(_CONFLICT_ATTEMPTS):
             if not remaining:
                 return
-            reasons = self._transact([i for row in remaining for i in self._items(row, job_id)])
+            items = [self._items(row, job_id) for row in remaining]
+            try:
+                reasons = self._transact([i for row_items in items for i in row_items])
+            except ClientError as error:
+                if error_code(error) != "ValidationException":
+                    raise
+                reasons = []  # e.g. one item too large: the row-by-row pass finds it
             if reasons is None:  # committed
                 for row in remaining:
                     results[row.ref] = WriteResult(CREATED)
                 return
-            if not reasons or len(reasons) != 2 * len(remaining):
+            if not reasons or len(reasons) != sum(len(row_items) for row_items in items):
                 break  # no usable reasons: find the offending rows one by one
             retry = []
-            for position, row in enumerate(remaining):
-                verdict = self._classify(row, reasons[2 * position], reasons[2 * position + 1], job_id)
+            offset = 0
+            for row, row_items in zip(remaining, items, strict=True):
+                verdict = self._classify(row, reasons[offset:offset + len(row_items)], job_id)
+                offset += len(row_items)
                 if verdict is None:
                     retry.append(row)  # not at fault: cancelled because of another row
                 else:
@@ -134,10 +168,11 @@ class CouponBatchWriter:
             if reasons is None:
                 return WriteResult(CREATED)
             if not any(code for code, _ in reasons):  # cancelled without reasons: look at what is stored
-                reasons = [(CHECK_FAILED, item) if item else (None, None) for item in (
-                    self.get_coupon_item(row.record["code_hash"]), self.get_pointer(row.record["coupon_id"]))]
-            padded = [*reasons, (None, None), (None, None)]
-            verdict = self._classify(row, padded[0], padded[1], job_id)
+                code_hash, *others = self._code_hashes(row)
+                stored = [self.get_coupon_item(code_hash), self.get_pointer(row.record["coupon_id"]),
+                          *(self.get_coupon_item(h) for h in others)]
+                reasons = [(CHECK_FAILED, item) if item else (None, None) for item in stored]
+            verdict = self._classify(row, reasons, job_id)
             if verdict is not None:
                 return verdict
             self._sleep(0.05 * (2 ** attempt))
@@ -145,18 +180,24 @@ class CouponBatchWriter:
 
         raise TryAgain(retry_after=1)
 
-    def _classify(self, row: PendingCoupon, coupon_reason: Reason, pointer_reason: Reason,
-                  job_id: str) -> WriteResult | None:
+    def _classify(self, row: PendingCoupon, reasons: Sequence[Reason], job_id: str) -> WriteResult | None:
+        """One row's verdict from its items' reasons (coupon, pointer, other versions' checks), or None
+        when the row was not at fault."""
+        hashes = self._code_hashes(row)
+        padded: list[Reason] = [*reasons, *[(None, None)] * max(0, 1 + len(hashes) - len(reasons))]
+        pointer_reason = padded[1]
         if pointer_reason[0] == CHECK_FAILED:
             pointer = pointer_reason[1] or self.get_pointer(row.record["coupon_id"])
             if pointer is not None and pointer.get("job_id") == job_id:
                 return WriteResult(REPLAYED, pointer=pointer)
             return WriteResult(ID_TAKEN, pointer=pointer)
-        if coupon_reason[0] == CHECK_FAILED:
-            holder = coupon_reason[1] or self.get_coupon_item(row.record["code_hash"])
-            owner = None if holder is None else self.get_pointer(str(holder["coupon_id"]))
-            return WriteResult(CODE_TAKEN, pointer=owner)
-        if "ValidationError" in (coupon_reason[0], pointer_reason[0]):
+        code_reasons = [padded[0], *padded[2:]]
+        for (reason, holder), code_hash in zip(code_reasons, hashes, strict=False):
+            if reason == CHECK_FAILED:  # the code is live (under this or another key version)
+                holder = holder or self.get_coupon_item(code_hash)
+                owner = None if holder is None else self.get_pointer(str(holder["coupon_id"]))
+                return WriteResult(CODE_TAKEN, pointer=owner)
+        if "ValidationError" in (reason for reason, _ in padded):
             return WriteResult(INVALID, message="the coupon could not be stored (too large?)")
         return None
 
@@ -172,8 +213,6 @@ class CouponBatchWriter:
                 raw = error.response.get("CancellationReasons") or []
                 return [(None if r.get("Code") in (None, "None") else str(r.get("Code")), from_item(r.get("Item")))
                         for r in raw]
-            if code == "ValidationException" and len(items) > 2:
-                return []  # e.g. one item too large: the row-by-row pass finds it
             if is_transient(error):
                 raise translate(error) from error
             raise
@@ -189,7 +228,7 @@ class CouponBatchWriter:
 
     def get_coupon_item(self, code_hash: str) -> dict[str, Any] | None:
         try:
-            raw = self._db.get_item(TableName=self._table, Key=key(f"CODE#{code_hash}", "COUPON"),
+            raw = self._db.get_item(TableName=self._table, Key=key(code_pk(code_hash), "COUPON"),
                                     ConsistentRead=True)
         except ClientError as error:
             raise translate(error) from error

@@ -1,8 +1,8 @@
-"""The checkout's DynamoDB access: one read, one transaction, and the guards table.
+"""The checkout's DynamoDB access: one read, one transaction (the guards table's writes: guard_store).
 
 Coupons table (besides the coupon items of coupon_store):
 
-- usage         pk=USAGE#<code hash>       sk=USER#<sub>   coupon_id, uses (stale when coupon_id differs)
+- usage         pk=USAGE#<coupon_id>       sk=USER#<sub>   coupon_id, uses
 - redemption    pk=REDEMPTION#<id>         sk=REDEMPTION   id = uuid5(coupon_id, order_id)
                 gsi1 CREDEEM#<coupon_id> / <redeemed_at>#<id>       redemptions of a coupon
                 gsi2 UREDEEM#<sub> / <redeemed_at>#<id>              redemptions of a user
@@ -12,23 +12,36 @@ Coupons table (besides the coupon items of coupon_store):
 
   A sharded coupon item carries one map `shards` = {n, cap, exhausted_at?, exhausted_cap?}.
   Shards have their own partition keys (write sharding needs distinct partitions) and are
-  keyed by coupon id, so a re-code does not orphan them.
+  keyed by coupon id, so a re-code does not orphan them. Every write of that map (split,
+  rebalance, exhausted hint and its clearing) bumps the coupon's `version` (coupon_store), so
+  an admin edit or re-code that read the coupon before it fails and re-reads instead of
+  writing back a coupon without its marker; the split, rebalance and hint are themselves
+  guarded by the version they read.
 
-Guards table (TTL attribute `ttl`):
+Usage by coupon id, found in the one read
+    A customer's uses belong to the coupon, not to its code: a new code (an admin's answer
+    to a leaked one) keeps every count. But the read finds the coupon by its code's blind
+    index, before its id is known. So each container keeps a bounded map blind index ->
+    coupon id, learned from the coupons it has read (`CouponIds`). When the map knows the
+    code, the one BatchGetItem reads the coupon and `USAGE#<id>` together; when it does
+    not, or the coupon found under the code is another one (deleted and re-created, or the
+    code moved to another coupon), one GetItem reads the right usage item after it. The
+    read is exact either way; the map only saves the second call. It never has to be
+    right: the redeem transaction's usage condition enforces the limit on the item of the
+    coupon being redeemed, whatever the read said.
 
-- failures      pk=FAIL#user#<sub> | FAIL#ip#<ip>  sk=W#<bucket>   count
-- IP's users    pk=IPUSERS#<ip>     sk=W#<bucket>                   users (string set, capped)
-- day totals    pk=FAILED#<YYYY-MM-DD>  sk=SHARD#<n>                count (sum the shards)
-- fraud flags   pk=FRAUD#<YYYY-MM-DD>   sk=<kind>#<scope>#<subject>#<bucket>
-                entity=fraud, kind lockout|many_users_one_ip, scope user|ip, user_id|ip,
-                count, limit, window_seconds, at (one per subject and bucket: re-raising it
-                overwrites, so the stream's INSERT happens once)
+    The BatchGetItem always names one usage key per lookup index (the known id's, or a key
+    that never exists), so for an unknown, a deleted and a known code it has the same shape.
+
+Guards table: see guard_store.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import zlib
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,20 +51,18 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..clock import epoch, iso
 from ..errors import TryAgain
-from ..guards import Counts
-from .coupon_store import code_pk, coupon_record, id_pk
-from .dynamo import Item, error_code, from_item, is_transient, key, paged_query, to_item, to_value
+from ..guards import Counts, Window
+from .coupon_store import code_pk, coupon_record, id_pk, version_guard, version_of
+from .dynamo import Item, StoreBusy, busy_or, error_code, from_item, key, paged_query, to_item, to_value
+from .guard_store import GuardStore, fail_key, fraud_flag, ip_users_key, window_of
+
+__all__ = ["Cancelled", "CheckoutStore", "Snapshot", "StoreBusy", "cap_value", "fraud_flag"]
 
 DAY_SHARDS = 8  # gsi3/gsi4 day partitions; the reports read every one of them
-FAILED_SHARDS = 8  # FAILED#<day> counter items
-FRAUD_TTL_DAYS = 400
 BATCH_GET_ATTEMPTS = 4
+COUPON_IDS_CACHED = 10_000  # blind index -> coupon id, per container (about 1 MB)
 _CONFLICT_CODES = {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded",
                    "RequestLimitExceeded", "InternalServerError", "TransactionInProgress"}
-
-
-class StoreBusy(Exception):
-    """A transient failure (throttling, a conflicting transaction, a timeout): safe to retry."""
 
 
 @dataclass
@@ -67,8 +78,13 @@ class Cancelled(Exception):
         return self.reasons[index][1] if index < len(self.reasons) else None
 
 
-def usage_key(code_hash: str, user_id: str) -> dict[str, Any]:
-    return key(f"USAGE#{code_hash}", f"USER#{user_id}")
+def usage_key(coupon_id: str, user_id: str) -> dict[str, Any]:
+    return key(f"USAGE#{coupon_id}", f"USER#{user_id}")
+
+
+def no_usage_key(code_hash: str, user_id: str) -> dict[str, Any]:
+    """A usage key that never exists ('#' is in no coupon id): pads the read to its usual shape."""
+    return key(f"USAGE#none#{code_hash}", f"USER#{user_id}")
 
 
 def redemption_key(redemption_id: str) -> dict[str, Any]:
@@ -83,14 +99,6 @@ def coupon_key(code_hash: str) -> dict[str, Any]:
     return key(code_pk(code_hash), "COUPON")
 
 
-def fail_key(scope: str, subject: str, bucket: int) -> dict[str, Any]:
-    return key(f"FAIL#{scope}#{subject}", f"W#{bucket}")
-
-
-def ip_users_key(ip: str, bucket: int) -> dict[str, Any]:
-    return key(f"IPUSERS#{ip}", f"W#{bucket}")
-
-
 def day_shard(redemption_id: str) -> int:
     return zlib.crc32(redemption_id.encode()) % DAY_SHARDS
 
@@ -101,55 +109,82 @@ def day_of(moment: datetime) -> str:
 
 @dataclass
 class Snapshot:
-    """What one BatchGetItem found."""
+    """What the read found."""
 
     coupon: dict[str, Any] | None = None  # a coupon record (coupon_store.coupon_record)
-    usages: dict[str, Item] = field(default_factory=dict)  # code hash -> usage item
-    user: Counts = field(default_factory=Counts)
+    usage: Item | None = None  # this user's usage item of that coupon (None: not used yet)
+    user: Counts = field(default_factory=Counts)  # failures, as of the request's bucket
     ip: Counts = field(default_factory=Counts)
+    user_window: Window | None = None  # the failure counters as stored (the write's conditions start from them)
+    ip_window: Window | None = None
     ip_users_previous: set[str] = field(default_factory=set)
     ip_users_current: set[str] = field(default_factory=set)
 
     def user_uses(self) -> int:
-        """This user's uses of the found coupon (a usage item of another coupon counts 0)."""
-        if self.coupon is None:
+        """This user's uses of the found coupon."""
+        if self.coupon is None or self.usage is None or self.usage.get("coupon_id") != self.coupon["coupon_id"]:
             return 0
-        usage = self.usages.get(self.coupon["code_hash"])
-        if usage is None or usage.get("coupon_id") != self.coupon["coupon_id"]:
-            return 0
-        return int(usage.get("uses", 0))
-
-    def usage_is_current(self) -> bool:
-        if self.coupon is None:
-            return False
-        usage = self.usages.get(self.coupon["code_hash"])
-        return usage is not None and usage.get("coupon_id") == self.coupon["coupon_id"]
+        return int(self.usage.get("uses", 0))
 
 
-class CheckoutStore:
+class CouponIds:
+    """A bounded, thread-safe map blind index -> coupon id, learned from the coupons read (least recent out)."""
+
+    def __init__(self, size: int = COUPON_IDS_CACHED) -> None:
+        self._size = size
+        self._ids: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, code_hash: str) -> str | None:
+        with self._lock:
+            found = self._ids.get(code_hash)
+            if found is not None:
+                self._ids.move_to_end(code_hash)
+            return found
+
+    def learn(self, code_hash: str, coupon_id: str) -> None:
+        with self._lock:
+            self._ids[code_hash] = coupon_id
+            self._ids.move_to_end(code_hash)
+            while len(self._ids) > self._size:
+                self._ids.popitem(last=False)
+
+
+class CheckoutStore(GuardStore):
     def __init__(self, dynamodb: Any, coupons_table: str, guards_table: str,
-                 rng: random.Random | None = None) -> None:
-        self._db = dynamodb
+                 rng: random.Random | None = None, coupon_ids: CouponIds | None = None) -> None:
+        super().__init__(dynamodb, guards_table, rng)
         self._coupons = coupons_table
-        self._guards = guards_table
-        self._rng = rng or random.Random()
+        self.coupon_ids = coupon_ids or CouponIds()
 
     # --- the one read of validate / redeem -------------------------------------------------
 
     def read(self, code_hashes: Sequence[str], user_id: str, *, ip: str | None = None,
              bucket: int | None = None, ip_users: bool = False) -> Snapshot:
-        """Coupon, usage and guard counters in one BatchGetItem (both tables)."""
-        coupon_keys = [coupon_key(h) for h in code_hashes] + [usage_key(h, user_id) for h in code_hashes]
-        request: dict[str, Any] = {self._coupons: {"Keys": coupon_keys}}
+        """Coupon, usage and guard counters in one BatchGetItem (both tables).
+
+        Plus one GetItem for the usage when this container does not know the code's coupon
+        id yet (see "Usage by coupon id" above).
+        """
+        usage_keys: list[dict[str, Any]] = []
+        named: set[str] = set()
+        for h in code_hashes:
+            known = self.coupon_ids.get(h)
+            if known is not None and known not in named:  # two indexes of one coupon: name it once
+                named.add(known)
+                usage_keys.append(usage_key(known, user_id))
+            else:
+                usage_keys.append(no_usage_key(h, user_id))
+        request: dict[str, Any] = {self._coupons: {"Keys": [coupon_key(h) for h in code_hashes] + usage_keys}}
         guard_keys: list[dict[str, Any]] = []
         if bucket is not None and ip is not None:
-            for b in (bucket, bucket - 1):
-                guard_keys += [fail_key("user", user_id, b), fail_key("ip", ip, b)]
-                if ip_users:
-                    guard_keys.append(ip_users_key(ip, b))
+            guard_keys += [fail_key("user", user_id), fail_key("ip", ip)]
+            if ip_users:
+                guard_keys += [ip_users_key(ip, bucket), ip_users_key(ip, bucket - 1)]
             request[self._guards] = {"Keys": guard_keys}
         found = self._batch_get(request)
         snapshot = Snapshot()
+        usages: dict[str, Item] = {}
         for raw in found.get(self._coupons, []):
             item = from_item(raw)
             if item is None:
@@ -157,15 +192,23 @@ class CheckoutStore:
             if item["sk"] == "COUPON":
                 snapshot.coupon = coupon_record(item)
             else:
-                snapshot.usages[item["pk"].removeprefix("USAGE#")] = item
+                usages[item["pk"].removeprefix("USAGE#")] = item
+        if snapshot.coupon is not None:
+            coupon_id = snapshot.coupon["coupon_id"]
+            if coupon_id in named:
+                snapshot.usage = usages.get(coupon_id)
+            else:  # not known here yet, or the code now belongs to another coupon: read its usage
+                snapshot.usage = self._get(usage_key(coupon_id, user_id), consistent=False)
+                self.coupon_ids.learn(snapshot.coupon["code_hash"], coupon_id)
         guards = {(i["pk"], i["sk"]): i for i in (from_item(raw) for raw in found.get(self._guards, [])) if i}
         if bucket is not None and ip is not None:
-            def count(scope: str, subject: str, b: int) -> int:
-                k = fail_key(scope, subject, b)
-                return int(guards.get((k["pk"]["S"], k["sk"]["S"]), {}).get("count", 0))
+            def window(scope: str, subject: str) -> Window | None:
+                k = fail_key(scope, subject)
+                return window_of(guards.get((k["pk"]["S"], k["sk"]["S"])))
 
-            snapshot.user = Counts(count("user", user_id, bucket), count("user", user_id, bucket - 1))
-            snapshot.ip = Counts(count("ip", ip, bucket), count("ip", ip, bucket - 1))
+            snapshot.user_window, snapshot.ip_window = window("user", user_id), window("ip", ip)
+            snapshot.user = snapshot.user_window.counts_at(bucket) if snapshot.user_window else Counts()
+            snapshot.ip = snapshot.ip_window.counts_at(bucket) if snapshot.ip_window else Counts()
             if ip_users:
                 for b, target in ((bucket, snapshot.ip_users_current), (bucket - 1, snapshot.ip_users_previous)):
                     k = ip_users_key(ip, b)
@@ -189,13 +232,15 @@ class CheckoutStore:
 
     # --- redemptions -----------------------------------------------------------------------
 
-    def get_redemption(self, redemption_id: str) -> Item | None:
+    def _get(self, item_key: dict[str, Any], *, consistent: bool) -> Item | None:
         try:
-            raw = self._db.get_item(TableName=self._coupons, Key=redemption_key(redemption_id),
-                                    ConsistentRead=True)
+            raw = self._db.get_item(TableName=self._coupons, Key=item_key, ConsistentRead=consistent)
         except (ClientError, BotoCoreError) as error:
             raise self._busy_or(error) from error
         return from_item(raw.get("Item"))
+
+    def get_redemption(self, redemption_id: str) -> Item | None:
+        return self._get(redemption_key(redemption_id), consistent=True)
 
     def redemption_item(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """The stored form of a new redemption, with its four index keys."""
@@ -217,11 +262,21 @@ class CheckoutStore:
         }
         return values
 
-    def commit_redemption(self, record: Mapping[str, Any], *, coupon: Mapping[str, Any], usage_current: bool,
-                          now: datetime, shard: int | None) -> None:
+    def commit_redemption(self, record: Mapping[str, Any], *, coupon: Mapping[str, Any], now: datetime,
+                          shard: int | None) -> None:
         """The redemption in one TransactWriteItems: record, counter (coupon or shard), usage.
 
         Item order (the caller reads Cancelled by index): 0 redemption, 1 counter, 2 usage.
+        The usage item is the coupon's (keyed by its id), incremented only while below
+        `uses_per_user`: that condition, not the read, is what holds the per-customer limit.
+
+        On the coupon's own counter, the transaction re-checks that the coupon is still the
+        version read (coupon_store.version_guard): every edit, sweep or split since bumps it,
+        whereas a counter change does not (the counter has its own condition). The version
+        rather than `updated_at`: it moves on every such write, including two edits within the
+        same clock tick. Exhausted-hint writes bump it too, but only on sharded coupons, which
+        this path refuses anyway (`attribute_not_exists(shards)`); the sharded path conditions on
+        its shard only, never on the coupon item, so neither hints nor edits contend with it.
         """
         cid = coupon["coupon_id"]
         now_values = {":now": to_value(epoch(now)), ":one": to_value(1), ":cid": to_value(cid)}
@@ -232,10 +287,11 @@ class CheckoutStore:
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }}]
         if shard is None:
+            guard, versions = version_guard(version_of(coupon))
             condition = ("coupon_id = :cid AND #status = :active AND starts_epoch <= :now AND expires_epoch > :now "
-                         "AND updated_at = :seen AND attribute_not_exists(shards)")
+                         f"AND {guard} AND attribute_not_exists(shards)")
             values = {**now_values, ":active": to_value("active"), ":zero": to_value(0),
-                      ":seen": to_value(iso(coupon["updated_at"]))}
+                      ":seen_version": versions[":seen_version"]}
             if coupon.get("max_uses") is not None:
                 condition += " AND redeemed_count < :max"
                 values[":max"] = to_value(coupon["max_uses"])
@@ -261,26 +317,19 @@ class CheckoutStore:
                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }})
         limit = coupon.get("uses_per_user")
-        if usage_current:
-            update = "SET uses = uses + :one, updated_at = :at"
-            condition = "coupon_id = :cid"
-            values = {":one": to_value(1), ":cid": to_value(cid), ":at": to_value(iso(now))}
-            if limit is not None:
-                condition += " AND uses < :limit"
-                values[":limit"] = to_value(limit)
-        else:
-            update = "SET coupon_id = :cid, uses = :one, updated_at = :at, entity = :entity"
-            condition = "attribute_not_exists(coupon_id) OR coupon_id <> :cid"
-            values = {":one": to_value(1), ":cid": to_value(cid), ":at": to_value(iso(now)),
-                      ":entity": to_value("usage")}
-        items.append({"Update": {
+        usage: dict[str, Any] = {
             "TableName": self._coupons,
-            "Key": usage_key(coupon["code_hash"], record["user_id"]),
-            "UpdateExpression": update,
-            "ConditionExpression": condition,
-            "ExpressionAttributeValues": values,
+            "Key": usage_key(cid, record["user_id"]),
+            "UpdateExpression": "SET uses = if_not_exists(uses, :zero) + :one, coupon_id = :cid, "
+                                "updated_at = :at, entity = :entity",
+            "ExpressionAttributeValues": {":zero": to_value(0), ":one": to_value(1), ":cid": to_value(cid),
+                                          ":at": to_value(iso(now)), ":entity": to_value("usage")},
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-        }})
+        }
+        if limit is not None:
+            usage["ConditionExpression"] = "attribute_not_exists(uses) OR uses < :limit"
+            usage["ExpressionAttributeValues"][":limit"] = to_value(limit)
+        items.append({"Update": usage})
         self._transact(items)
 
     def commit_rollback(self, redemption: Mapping[str, Any], *, actor: str, now: datetime,
@@ -328,7 +377,7 @@ class CheckoutStore:
         if usage:
             items.append({"Update": {
                 "TableName": self._coupons,
-                "Key": usage_key(redemption["code_hash"], redemption["user_id"]),
+                "Key": usage_key(cid, redemption["user_id"]),
                 "UpdateExpression": "SET uses = uses - :one, updated_at = :at",
                 "ConditionExpression": "coupon_id = :cid AND uses >= :one",
                 "ExpressionAttributeValues": {":one": to_value(1), ":cid": to_value(cid), ":at": to_value(at)},
@@ -338,9 +387,9 @@ class CheckoutStore:
             items.append({"Update": {
                 "TableName": self._coupons,
                 "Key": coupon_key(clear_hint),
-                "UpdateExpression": "REMOVE shards.exhausted_at, shards.exhausted_cap",
+                "UpdateExpression": "REMOVE shards.exhausted_at, shards.exhausted_cap ADD version :one",
                 "ConditionExpression": "coupon_id = :cid AND attribute_exists(shards)",
-                "ExpressionAttributeValues": {":cid": to_value(cid)},
+                "ExpressionAttributeValues": {":cid": to_value(cid), ":one": to_value(1)},
             }})
         self._transact(items)
 
@@ -350,12 +399,7 @@ class CheckoutStore:
                            limit=limit, cursor=cursor, scan_forward=False)
 
     def get_pointer(self, coupon_id: str) -> Item | None:
-        try:
-            raw = self._db.get_item(TableName=self._coupons, Key=key(id_pk(coupon_id), "COUPON"),
-                                    ConsistentRead=True)
-        except (ClientError, BotoCoreError) as error:
-            raise self._busy_or(error) from error
-        return from_item(raw.get("Item"))
+        return self._get(key(id_pk(coupon_id), "COUPON"), consistent=True)
 
     # --- hot coupons: shards ---------------------------------------------------------------
 
@@ -363,21 +407,23 @@ class CheckoutStore:
         """Split the remaining cap across `count` shard items, once, atomically with the coupon's marker.
 
         Shard 0 also takes over the uses counted before the split, so that
-        Σ remaining + Σ redeemed = cap from the first moment on.
+        Σ remaining + Σ redeemed = cap from the first moment on. Guarded by the coupon's version
+        as read (a pause or edit since fails it) and bumps it.
         """
         cap = int(coupon["max_uses"])
         seen = int(coupon.get("redeemed_count", 0))
         left = max(0, cap - seen)
         shares = [left // count + (1 if i < left % count else 0) for i in range(count)]
+        guard, versions = version_guard(version_of(coupon))
         items: list[dict[str, Any]] = [{"Update": {
             "TableName": self._coupons,
             "Key": coupon_key(coupon["code_hash"]),
-            "UpdateExpression": "SET shards = :shards",
+            "UpdateExpression": "SET shards = :shards, version = :next_version",
             "ConditionExpression": "coupon_id = :cid AND attribute_not_exists(shards) AND redeemed_count = :seen "
-                                   "AND max_uses = :cap",
+                                   f"AND max_uses = :cap AND {guard}",
             "ExpressionAttributeValues": {":shards": to_value({"n": count, "cap": cap_value(cap)}),
                                           ":cid": to_value(coupon["coupon_id"]), ":seen": to_value(seen),
-                                          ":cap": to_value(cap)},
+                                          ":cap": to_value(cap), **versions},
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }}]
         for index, share in enumerate(shares):
@@ -398,19 +444,24 @@ class CheckoutStore:
         return sorted(items, key=lambda i: int(i["shard"]))
 
     def rebalance_shards(self, coupon: Mapping[str, Any], shards: list[Item], new_cap: int | None) -> None:
-        """Re-split the remaining cap after an admin changed max_uses (optimistic: fails on any race)."""
+        """Re-split the remaining cap after an admin changed max_uses (optimistic: fails on any race).
+
+        Guarded by the coupon's version as read, and bumps it.
+        """
         redeemed = sum(int(s["redeemed"]) for s in shards)
         left = 0 if new_cap is None else max(0, new_cap - redeemed)
         n = len(shards)
         shares = [left // n + (1 if i < left % n else 0) for i in range(n)]
         old = coupon["shards"]
+        guard, versions = version_guard(version_of(coupon))
         items: list[dict[str, Any]] = [{"Update": {
             "TableName": self._coupons,
             "Key": coupon_key(coupon["code_hash"]),
-            "UpdateExpression": "SET shards = :shards",
-            "ConditionExpression": "coupon_id = :cid AND shards.cap = :old",
+            "UpdateExpression": "SET shards = :shards, version = :next_version",
+            "ConditionExpression": f"coupon_id = :cid AND shards.cap = :old AND {guard}",
             "ExpressionAttributeValues": {":shards": to_value({"n": int(old["n"]), "cap": cap_value(new_cap)}),
-                                          ":old": to_value(old["cap"]), ":cid": to_value(coupon["coupon_id"])},
+                                          ":old": to_value(old["cap"]), ":cid": to_value(coupon["coupon_id"]),
+                                          **versions},
         }}]
         for shard, share in zip(shards, shares, strict=True):
             items.append({"Update": {
@@ -424,15 +475,21 @@ class CheckoutStore:
         self._transact(items)
 
     def mark_exhausted(self, coupon: Mapping[str, Any], now: datetime) -> None:
-        """Best effort: remember that every shard was found empty (a hint for validate and redeem)."""
+        """Best effort: remember that every shard was found empty (a hint for validate and redeem).
+
+        Guarded by the coupon's version as read: a rollback (which clears the hint and bumps the
+        version) or an edit since then means the shards seen empty may not be any more.
+        """
         shards = coupon["shards"]
+        guard, versions = version_guard(version_of(coupon))
         try:
             self._db.update_item(
                 TableName=self._coupons, Key=coupon_key(coupon["code_hash"]),
-                UpdateExpression="SET shards.exhausted_at = :at, shards.exhausted_cap = :cap",
-                ConditionExpression="coupon_id = :cid AND shards.cap = :cap",
+                UpdateExpression="SET shards.exhausted_at = :at, shards.exhausted_cap = :cap, "
+                                 "version = :next_version",
+                ConditionExpression=f"coupon_id = :cid AND shards.cap = :cap AND {guard}",
                 ExpressionAttributeValues={":at": to_value(epoch(now)), ":cap": to_value(shards.get("cap")),
-                                           ":cid": to_value(coupon["coupon_id"])},
+                                           ":cid": to_value(coupon["coupon_id"]), **versions},
             )
         except (ClientError, BotoCoreError):
             return
@@ -444,68 +501,6 @@ class CheckoutStore:
             return None
         items = self.read_shards(coupon["coupon_id"], int(shards["n"]))
         return sum(int(i["redeemed"]) for i in items), sum(int(i["remaining"]) for i in items)
-
-    # --- guards ----------------------------------------------------------------------------
-
-    def record_failure(self, *, user_id: str, ip: str, now: datetime, bucket: int, window: int,
-                       flags: Sequence[Mapping[str, Any]]) -> None:
-        """Count one failed guess for the user, the IP and the day, and store any fraud flags: one call.
-
-        A transaction keeps it to one write call; if it conflicts with a concurrent one
-        (a burst of guesses from one IP), the counters fall back to plain ADDs, which never
-        conflict with each other, so no failure goes uncounted.
-        """
-        ttl = (bucket + 2) * window + 60
-        day = day_of(now)
-        updates = [
-            (fail_key("user", user_id, bucket), ttl),
-            (fail_key("ip", ip, bucket), ttl),
-            (key(f"FAILED#{day}", f"SHARD#{self._rng.randrange(FAILED_SHARDS)}"),
-             epoch(now) + FRAUD_TTL_DAYS * 86400),
-        ]
-        items: list[dict[str, Any]] = [{"Update": {
-            "TableName": self._guards, "Key": k,
-            "UpdateExpression": "ADD #count :one SET #ttl = :ttl",
-            "ExpressionAttributeNames": {"#count": "count", "#ttl": "ttl"},
-            "ExpressionAttributeValues": {":one": to_value(1), ":ttl": to_value(t)},
-        }} for k, t in updates]
-        items += [{"Put": {"TableName": self._guards, "Item": to_item(flag)}} for flag in flags]
-        try:
-            self._transact(items)
-            return
-        except (StoreBusy, Cancelled):
-            pass
-        for item in items:
-            operation = item.get("Update") or {}
-            try:
-                if operation:
-                    self._db.update_item(**operation)
-                else:
-                    self._db.put_item(**item["Put"])
-            except (ClientError, BotoCoreError):
-                continue  # counting is best effort beyond this point; the answer stays the same
-
-    def add_ip_user(self, *, ip: str, user_id: str, bucket: int, window: int, cap: int) -> set[str] | None:
-        """Add a user to this IP's set for the bucket; the set after it (None when nothing was added)."""
-        try:
-            result = self._db.update_item(
-                TableName=self._guards, Key=ip_users_key(ip, bucket),
-                UpdateExpression="ADD #users :u SET #ttl = :ttl",
-                ConditionExpression="attribute_not_exists(#users) OR size(#users) < :cap",
-                ExpressionAttributeNames={"#users": "users", "#ttl": "ttl"},
-                ExpressionAttributeValues={":u": {"SS": [user_id]}, ":ttl": to_value((bucket + 2) * window + 60),
-                                           ":cap": to_value(cap)},
-                ReturnValues="UPDATED_NEW",
-            )
-        except (ClientError, BotoCoreError):
-            return None
-        return set(result.get("Attributes", {}).get("users", {}).get("SS", []))
-
-    def put_flag(self, flag: Mapping[str, Any]) -> None:
-        try:
-            self._db.put_item(TableName=self._guards, Item=to_item(flag))
-        except (ClientError, BotoCoreError):
-            return
 
     # --- plumbing --------------------------------------------------------------------------
 
@@ -527,10 +522,7 @@ class CheckoutStore:
 
     @staticmethod
     def _busy_or(error: Exception) -> Exception:
-        if isinstance(error, BotoCoreError) or is_transient(error) or \
-                error_code(error) in ("TransactionConflictException",):
-            return StoreBusy(str(error))
-        return error
+        return busy_or(error)
 
 
 UNCAPPED = -1  # `shards.cap` of a sharded coupon whose max_uses was since set to null
@@ -543,25 +535,6 @@ def cap_value(cap: int | None) -> int:
 def shard_key_plain(coupon_id: str, shard: int) -> dict[str, str]:
     k = shard_key(coupon_id, shard)
     return {"pk": k["pk"]["S"], "sk": k["sk"]["S"]}
-
-
-def fraud_flag(*, kind: str, scope: str, subject: str, bucket: int, now: datetime, count: int, limit: int,
-               window: int) -> dict[str, Any]:
-    """A FRAUD#<day> item: the stream turns its INSERT into a FraudSuspected event."""
-    flag: dict[str, Any] = {
-        "pk": f"FRAUD#{day_of(now)}",
-        "sk": f"{kind}#{scope}#{subject}#{bucket}",
-        "entity": "fraud",
-        "kind": kind,
-        "scope": scope,
-        "count": count,
-        "limit": limit,
-        "window_seconds": window,
-        "at": iso(now),
-        "ttl": epoch(now) + FRAUD_TTL_DAYS * 86400,
-    }
-    flag["user_id" if scope == "user" else "ip"] = subject
-    return flag
 
 
 def counted(coupons: Any, record: dict[str, Any]) -> dict[str, Any]:

@@ -5,12 +5,20 @@ Key layout (see docs/data-model.md):
 - id pointer    pk=COUPON#<id>          sk=COUPON   (code_hash; tombstone after delete)
 - wrapped key   pk=KEYRING              sk=V#<n>
 GSIs on coupon items: gsi1 status, gsi2 campaign, gsi3 expiry (sparse, sharded).
+
+A coupon item carries a `version` (a number; an item stored before it existed counts as 0).
+Every write of an attribute other than the counters bumps it: admin edits, the expiry sweep,
+a hot coupon's split, rebalance and exhausted hint (checkout_store). A writer that decided
+from a read conditions on the version it read, so no such write is lost to another. The
+counters (`redeemed_count`) move without it: an in-place edit never writes them, so they
+cannot conflict; the re-code, which copies the whole item, conditions on them as well.
 """
 
 from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +39,30 @@ SPEC_FIELDS = (
 )
 
 
+# A record key that is never stored: the code's blind index under every other live key version.
+# Creating (or re-coding to) a code requires those items absent, in the same transaction, so one
+# code never lives under two versions (see coupons/crypto.py, key rotation).
+OTHER_HASHES = "other_code_hashes"
+
+# Written by others than an edit: an in-place edit never writes them (see CouponStore.replace).
+NOT_EDITED = frozenset({"pk", "sk", "entity", "coupon_id", "created_at", "created_by", "redeemed_count",
+                        "shards", "version"})
+
+
+def version_of(record: Mapping[str, Any]) -> int:
+    return int(record.get("version") or 0)
+
+
+def version_guard(seen: int) -> tuple[str, dict[str, Any]]:
+    """The condition that a coupon item is still at version `seen` (missing counts as 0).
+
+    Uses the placeholders :seen_version (here) and :next_version (the writer's, = seen + 1).
+    """
+    condition = "version = :seen_version" if seen else \
+        "(attribute_not_exists(version) OR version = :seen_version)"
+    return condition, {":seen_version": to_value(seen), ":next_version": to_value(seen + 1)}
+
+
 def code_pk(code_hash: str) -> str:
     return f"CODE#{code_hash}"
 
@@ -46,6 +78,7 @@ def expiry_shard(coupon_id: str) -> int:
 def coupon_item(record: dict[str, Any]) -> dict[str, Any]:
     """The stored form of a coupon record (python values, not yet serialised)."""
     values = dict(record)
+    values.pop(OTHER_HASHES, None)
     created = values["created_at"]
     sort = f"{iso(created)}#{values['coupon_id']}"
     values.update(
@@ -72,6 +105,15 @@ def coupon_item(record: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def free_checks(table: str, record: dict[str, Any], *, own: str | None = None) -> list[dict[str, Any]]:
+    """ConditionChecks that the code is live under no other key version (`own`: the coupon's current
+    index, which a re-code moves away from in the same transaction)."""
+    return [{"ConditionCheck": {"TableName": table, "Key": key(code_pk(h), "COUPON"),
+                                "ConditionExpression": "attribute_not_exists(pk)",
+                                "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}}
+            for h in record.get(OTHER_HASHES) or () if h not in (own, record["code_hash"])]
+
+
 def coupon_record(item: Item) -> dict[str, Any]:
     """A stored coupon item back as a record with python types."""
     record = {k: v for k, v in item.items() if not k.startswith("gsi") and k not in ("pk", "sk", "entity")}
@@ -82,6 +124,7 @@ def coupon_record(item: Item) -> dict[str, Any]:
                   "excluded_categories", "allowed_domains"):
         record.setdefault(field, [])
     record.setdefault("redeemed_count", 0)
+    record["version"] = version_of(record)
     return record
 
 
@@ -91,12 +134,15 @@ class DynamoKeyringStore:
         self._table = table
 
     def load_wrapped_keys(self) -> dict[int, bytes]:
-        page = self._db.query(
-            TableName=self._table,
-            KeyConditionExpression="pk = :pk",
-            ExpressionAttributeValues={":pk": {"S": "KEYRING"}},
-            ConsistentRead=True,
-        )
+        try:
+            page = self._db.query(
+                TableName=self._table,
+                KeyConditionExpression="pk = :pk",
+                ExpressionAttributeValues={":pk": {"S": "KEYRING"}},
+                ConsistentRead=True,
+            )
+        except ClientError as error:
+            raise translate(error) from error
         return {int(i["version"]["N"]): bytes(i["wrapped"]["B"]) for i in page.get("Items", [])}
 
     def save_wrapped_key(self, version: int, blob: bytes) -> bool:
@@ -198,40 +244,73 @@ class CouponStore:
                      "ConditionExpression": "attribute_not_exists(pk)"}},
             {"Put": {"TableName": self._table, "Item": to_item(pointer),
                      "ConditionExpression": "attribute_not_exists(pk)"}},
+            *free_checks(self._table, record),
         ])
 
     def replace(self, old: dict[str, Any], new: dict[str, Any]) -> None:
-        """Write an edited coupon, guarded against concurrent edits and counter changes.
+        """Write an edited coupon, guarded by the version read (StaleWrite when anyone wrote it since).
 
-        The counter is re-read inside the condition, so an edit never undoes a redemption
-        that landed in between (that edit fails and is retried by the caller).
+        In place, only the attributes the edit changed are written (UpdateItem): the counters and
+        the shard marker are never written back, so a redemption landing in between is no conflict,
+        and a split, rebalance, hint or sweep in between (each bumps the version) fails the edit,
+        which the caller re-applies to a fresh read.
         """
-        item = coupon_item(new)
-        for name in (RECODE_CHANGED, RECODE_PREVIOUS_STATUS):
-            item.pop(name, None)  # a note for one re-code's INSERT, not carried into later edits
-        guard = "attribute_exists(pk) AND updated_at = :seen AND redeemed_count = :count"
-        values = {":seen": to_value(iso(old["updated_at"])), ":count": to_value(old.get("redeemed_count", 0))}
-        if old["code_hash"] != new["code_hash"]:
-            # The stream shows the move as an INSERT without the old image: name the edit's fields
-            # on the new item, so its CouponUpdated lists them all (issue 17, 8b).
-            item[RECODE_CHANGED] = edited_fields(coupon_item(old), item)
-            if old.get("status") != new.get("status"):
-                item[RECODE_PREVIOUS_STATUS] = old.get("status")
+        seen = version_of(old)
+        guard, guard_values = version_guard(seen)
         if old["code_hash"] == new["code_hash"]:
-            self._transact([{"Put": {"TableName": self._table, "Item": to_item(item),
-                                     "ConditionExpression": guard,
-                                     "ExpressionAttributeValues": values}}])
+            self._update_in_place(old, new, guard, guard_values)
             return
-        # A new code: the coupon moves to its new blind index, the pointer follows.
+        # A new code: the whole item moves to its new blind index, the pointer follows. The Put
+        # copies the shard marker and the counter as read, so the Delete conditions on both.
+        counted = "redeemed_count = :count" if int(old.get("redeemed_count") or 0) else \
+            "(attribute_not_exists(redeemed_count) OR redeemed_count = :count)"
+        item = coupon_item({**new, "version": seen + 1})
+        # The stream shows the move as an INSERT without the old image: name the edit's fields on
+        # the new item, so its CouponUpdated lists them all (issue 17, 8b). A note left by an
+        # earlier re-code is replaced.
+        for name in (RECODE_CHANGED, RECODE_PREVIOUS_STATUS):
+            item.pop(name, None)
+        item[RECODE_CHANGED] = edited_fields(coupon_item(old), item)
+        if old.get("status") != new.get("status"):
+            item[RECODE_PREVIOUS_STATUS] = old.get("status")
         self._transact([
             {"Delete": {"TableName": self._table, "Key": key(code_pk(old["code_hash"]), "COUPON"),
-                        "ConditionExpression": guard, "ExpressionAttributeValues": values}},
+                        "ConditionExpression": f"attribute_exists(pk) AND {guard} AND {counted}",
+                        "ExpressionAttributeValues": {":seen_version": guard_values[":seen_version"],
+                                                      ":count": to_value(int(old.get("redeemed_count") or 0))}}},
             {"Put": {"TableName": self._table, "Item": to_item(item),
                      "ConditionExpression": "attribute_not_exists(pk)"}},
             {"Update": {"TableName": self._table, "Key": key(id_pk(new["coupon_id"]), "COUPON"),
                         "UpdateExpression": "SET code_hash = :h",
                         "ExpressionAttributeValues": {":h": to_value(new["code_hash"])}}},
+            *free_checks(self._table, new, own=old["code_hash"]),
         ])
+
+    def _update_in_place(self, old: dict[str, Any], new: dict[str, Any], guard: str,
+                         guard_values: dict[str, Any]) -> None:
+        before = {k: v for k, v in coupon_item(old).items() if v is not None and k not in NOT_EDITED}
+        after = {k: v for k, v in coupon_item(new).items() if v is not None and k not in NOT_EDITED}
+        changed = sorted(k for k, v in after.items() if before.get(k) != v or k in ("updated_at", "updated_by"))
+        gone = sorted(set(before) - set(after))
+        names = {f"#a{i}": name for i, name in enumerate([*changed, *gone])}
+        alias = {name: token for token, name in names.items()}
+        values = {f":a{i}": to_value(after[name]) for i, name in enumerate(changed)}
+        expression = "SET " + ", ".join([f"{alias[n]} = :a{i}" for i, n in enumerate(changed)] +
+                                        ["version = :next_version"])
+        if gone:
+            expression += " REMOVE " + ", ".join(alias[n] for n in gone)
+        try:
+            self._db.update_item(
+                TableName=self._table, Key=key(code_pk(old["code_hash"]), "COUPON"),
+                UpdateExpression=expression,
+                ConditionExpression=f"attribute_exists(pk) AND coupon_id = :cid AND {guard}",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues={**values, **guard_values, ":cid": to_value(old["coupon_id"])},
+            )
+        except ClientError as error:
+            if error_code(error) == "ConditionalCheckFailedException":
+                raise StaleWrite() from None
+            raise translate(error) from error
 
     def delete(self, record: dict[str, Any], *, actor: str, at: datetime) -> None:
         """Remove the coupon so its code stops working at once; the pointer stays as a tombstone."""
@@ -251,6 +330,9 @@ class CouponStore:
         except ClientError as error:
             if error_code(error) == "TransactionCanceledException":
                 reasons = [r.get("Code") for r in error.response.get("CancellationReasons", [])]
+                checks = [r for r, i in zip(reasons, items, strict=False) if "ConditionCheck" in i]
+                if "ConditionalCheckFailed" in checks:
+                    raise CodeAlreadyExists() from None  # the code is live under another key version
                 if reasons and reasons[0] == "ConditionalCheckFailed" and len(items) >= 2 and "Put" in items[0]:
                     raise CodeAlreadyExists() from None  # create: the code's item exists
                 if "ConditionalCheckFailed" in reasons and any("Delete" in i for i in items[:1]) and \

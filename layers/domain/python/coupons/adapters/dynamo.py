@@ -72,6 +72,18 @@ def is_transient(error: Exception) -> bool:
     return error_code(error) in RETRYABLE
 
 
+class StoreBusy(Exception):
+    """A transient failure (throttling, a conflicting transaction, a timeout): safe to retry."""
+
+
+def busy_or(error: Exception) -> Exception:
+    """A transient store error as StoreBusy; any other error as it is."""
+    if isinstance(error, BotoCoreError) or is_transient(error) or \
+            error_code(error) in ("TransactionConflictException",):
+        return StoreBusy(str(error))
+    return error
+
+
 def translate(error: Exception) -> Exception:
     """Store errors that are not the caller's fault become 503 TRY_AGAIN."""
     if is_transient(error):

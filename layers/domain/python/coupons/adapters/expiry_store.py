@@ -55,14 +55,15 @@ class DynamoExpiryStore:
             self._db.update_item(
                 TableName=self._table,
                 Key={"pk": {"S": item["pk"]}, "sk": {"S": item["sk"]}},
+                # Bumps the version (coupon_store): an edit that read the coupon before re-reads it.
                 UpdateExpression="SET #status = :expired, gsi1pk = :gsi1, expired_at = :at, updated_at = :at, "
-                                 "updated_by = :by REMOVE gsi3pk, gsi3sk",
+                                 "updated_by = :by REMOVE gsi3pk, gsi3sk ADD version :one",
                 ConditionExpression="attribute_exists(pk) AND #status IN (:active, :disabled) "
                                     "AND expires_at <= :at",
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues={
                     ":expired": {"S": "expired"}, ":gsi1": {"S": "STATUS#expired"}, ":at": {"S": at},
-                    ":by": {"S": SWEEPER},
+                    ":by": {"S": SWEEPER}, ":one": {"N": "1"},
                     ":active": {"S": LIVE_STATUSES[0]}, ":disabled": {"S": LIVE_STATUSES[1]},
                 },
             )

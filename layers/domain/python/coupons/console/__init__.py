@@ -20,7 +20,7 @@ CONTENT_TYPES = {
     ".css": "text/css; charset=utf-8",
 }
 # The files `GET /console/assets/{name}` may serve: an allow-list, so no name can reach anything else.
-ASSETS = ("app.js", "console.js", "checkout.js", "chart.js", "console.css")
+ASSETS = ("app.js", "console.js", "checkout.js", "chart.js", "managed_login.js", "console.css")
 
 
 @dataclass(frozen=True)

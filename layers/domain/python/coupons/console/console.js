@@ -1,10 +1,11 @@
 // The admin console: coupons (list, filter, page, create, edit, pause/resume, delete, details,
 // redemptions, rollback), code generation jobs, and the report summary with charts.
 import {
-  $, $$, api, el, errorOf, fill, formatMoney, formatTime, groupsOf, safeHref, sentenceFor, Session, signIn,
-  todayUtc,
+  $, $$, API_BASE, api, el, errorOf, fill, formatMoney, formatTime, groupsOf, safeHref, sentenceFor, Session,
+  signIn, todayUtc,
 } from "./app.js";
 import { barList, columnChart } from "./chart.js";
+import * as managedLogin from "./managed_login.js";
 
 const session = new Session("coupons.console.token");
 const ADMIN_GROUP = "coupon-admins";
@@ -777,13 +778,35 @@ function wireReports() {
 
 // --- start ------------------------------------------------------------------------------------------
 
-function main() {
+/** The admin pool's managed login (AWS): the button, and the answer when this load is one. */
+async function wireManagedLogin() {
+  const settings = await managedLogin.loadSettings(API_BASE);
+  if (settings) {
+    $("#signin-managed").hidden = false;
+    $("#signin-managed").addEventListener("click", () => managedLogin.start(settings));
+    // After the console's own sign-out, end the managed login session too.
+    $("#sign-out").addEventListener("click", () => {
+      session.token = null;
+      managedLogin.signOut(settings);
+    });
+  }
+  const answer = await managedLogin.finish(settings);
+  if (!answer) return null;
+  if (answer.error) return answer.error;
+  const problem = await checkToken(answer.token);
+  if (problem) return problem;
+  session.token = answer.token;
+  return null;
+}
+
+async function main() {
   for (const button of $$("#tabs button")) button.addEventListener("click", () => showTab(button.dataset.tab));
   wireList();
   wireDetail();
   wireForm();
   $("#generate-form").addEventListener("submit", startJob);
   wireReports();
+  const signInProblem = await wireManagedLogin();
   signIn({
     session,
     form: $("#signin-form"),
@@ -797,6 +820,7 @@ function main() {
       onSession();
     },
   });
+  if (signInProblem) fill($("#signin-error"), signInProblem);
   document.body.dataset.ready = "true";
 }
 

@@ -27,7 +27,8 @@ _NOT_FOUND: dict[int, Any] = {404: {"description": "REDEMPTION_NOT_FOUND (unknow
                               "content": {"application/json": {"model": RedemptionView}}},
                         200: {"description": "This order was redeemed already: the same redemption, counted once",
                               "content": {"application/json": {"model": RedemptionView}}},
-                        409: {"description": "IDEMPOTENCY_CONFLICT: this order_id was used with another order"},
+                        409: {"description": "IDEMPOTENCY_CONFLICT: this order_id was used with another order; "
+                                             "ALREADY_ROLLED_BACK: this order's redemption was rolled back"},
                         **CUSTOMER_ERRORS})
 def redeem(body: Annotated[RedeemRequest, Body()]) -> Response[RedemptionView]:
     who = identity_of(router)
