@@ -15,11 +15,14 @@ from typing import Any
 import boto3
 import pytest
 from coupons import idempotency, wiring
+from coupons.settings import get_settings
 from coupons_infra import resources as r
 from coupons_local import threadsafe
 from coupons_local.gateway import FakeContext, FunctionHost
 
-ADMIN = {"sub": "admin-1", "cognito:groups": "coupon-admins", "email": "a@example.com", "email_verified": "true"}
+ADMIN_ISSUER = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_admins"
+ADMIN = {"sub": "admin-1", "cognito:groups": "coupon-admins", "email": "a@example.com", "email_verified": "true",
+         "iss": ADMIN_ISSUER}
 
 
 def event(path: str, body: Any, *, key: str | None, claims: dict[str, Any] | None = None,
@@ -38,7 +41,9 @@ def event(path: str, body: Any, *, key: str | None, claims: dict[str, Any] | Non
 
 
 @pytest.fixture
-def admin(aws_env: Any) -> Any:
+def admin(aws_env: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("ADMIN_ISSUER", ADMIN_ISSUER)  # the admin group counts on the admin pool's tokens
+    get_settings.cache_clear()
     threadsafe.install()  # requests run in threads below, as in the local stack
     host = FunctionHost()
     function = r.function("admin")
