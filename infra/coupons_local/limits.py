@@ -20,14 +20,13 @@ thread would, so each invocation is held to its function's definition in resourc
   A killed invocation's /tmp is discarded, as Lambda discards the container.
 - **Response size**: a result over 6 MB once serialised (or one that is not JSON) is
   `ResponseTooLarge` / `ResponseNotJson`; the gateway answers 502 in the envelope.
-- **/tmp** (`ephemeral_storage_mb`): each concurrent invocation of a function gets a directory
-  of its own (reused by later invocations, like a warm container's /tmp) as `tempfile`'s
-  directory. A write through a Python file object (`open`, `tempfile.*`, `pathlib`) that would
-  take the directory (plus its open unlinked temporary files) past the budget fails with
-  OSError(ENOSPC), as on Lambda. Not covered: writes through raw descriptors (`os.write`,
-  `os.sendfile`, so `shutil.copyfile`'s fast path), code that builds paths from TMPDIR or a
-  literal "/tmp" (tests/unit/test_function_limits.py checks the functions use `tempfile`), and
-  file descriptors' paths outside Linux's /proc.
+- **/tmp** (`ephemeral_storage_mb`): each concurrent invocation gets a directory of its own as
+  `tempfile`'s directory; a write past the budget fails with OSError(ENOSPC) (tmp_budget.py says
+  which writes are covered).
+
+The handler's module is imported before the clock starts (Lambda's init phase has its own
+limit). The handler runs in a copy of the caller's contextvars context: per-invocation state the
+host sets for it must be a ContextVar (a threading.local set by the caller is not seen there).
 
 `COUPONS_LOCAL_FUNCTION_TIMEOUTS` overrides timeouts for tests and demos: `0.5` for every
 function, or `admin=0.2,jobs=1` (seconds).
@@ -38,7 +37,6 @@ from __future__ import annotations
 import atexit
 import contextvars
 import ctypes
-import errno
 import io
 import json
 import os
@@ -46,13 +44,14 @@ import shutil
 import tempfile
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from coupons_infra import resources as r
+
+from .tmp_budget import Slots, TmpBudget, open_with_budget, tmp_dir
 
 MAX_RESPONSE_BYTES = 6 * 1024 * 1024  # Lambda's synchronous response payload limit
 TIMEOUTS_ENV = "COUPONS_LOCAL_FUNCTION_TIMEOUTS"
@@ -94,12 +93,10 @@ class InvocationKilled(BaseException):
 class Invocation:
     function: str
     deadline: float  # time.monotonic()
-    tmp: Path
-    tmp_budget: int  # bytes
+    tmp: TmpBudget
     killed: bool = False
     finished: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
-    open_files: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
 
     def fenced(self) -> bool:
         return self.killed or time.monotonic() >= self.deadline
@@ -111,6 +108,11 @@ _current: contextvars.ContextVar[Invocation | None] = contextvars.ContextVar("co
 
 def current() -> Invocation | None:
     return _current.get()
+
+
+def _current_tmp() -> TmpBudget | None:
+    invocation = _current.get()
+    return None if invocation is None else invocation.tmp
 
 
 # --- the fence: no AWS call after the deadline ------------------------------------------------
@@ -142,116 +144,6 @@ def _threads_inherit(original: Callable[..., Any]) -> Callable[..., Any]:
     return start
 
 
-# --- /tmp ------------------------------------------------------------------------------------
-
-
-def _tmp_usage(invocation: Invocation) -> int:
-    """Bytes in the invocation's /tmp: its files, and its open temporary files already unlinked."""
-    used = 0
-    for folder, _, files in os.walk(invocation.tmp):
-        for name in files:
-            try:
-                used += os.lstat(os.path.join(folder, name)).st_size
-            except OSError:
-                continue
-    for handle in list(invocation.open_files):
-        try:
-            stat = os.fstat(handle.fileno())
-        except (OSError, ValueError):
-            continue
-        if stat.st_nlink == 0:
-            used += stat.st_size
-    return used
-
-
-class _BudgetedFileIO(io.FileIO):
-    """A raw file in an invocation's /tmp: a write past the budget fails with ENOSPC."""
-
-    _invocation: Invocation
-
-    def write(self, data: Any) -> int:
-        size = memoryview(data).nbytes
-        current_size = os.fstat(self.fileno()).st_size
-        end = current_size if "a" in self.mode else self.tell()
-        growth = max(0, end + size - current_size)
-        if growth and _tmp_usage(self._invocation) + growth > self._invocation.tmp_budget:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.name))
-        return int(super().write(data) or 0)
-
-
-def _raw_mode(mode: str) -> str:
-    return "".join(c for c in "xrwa+" if c in mode)
-
-
-def _budgeted_open(invocation: Invocation, file: Any, mode: str = "r", buffering: int = -1,
-                   encoding: str | None = None, errors: str | None = None, newline: str | None = None,
-                   closefd: bool = True, opener: Any = None) -> Any:
-    """`open` for a file in the invocation's /tmp, built like io.open builds its layers."""
-    raw = _BudgetedFileIO(file, _raw_mode(mode), closefd=closefd, opener=opener)
-    raw._invocation = invocation
-    invocation.open_files.add(raw)
-    binary = "b" in mode
-    line_buffering = buffering == 1 and not binary
-    if buffering in (1, -1) or buffering < 0:
-        buffering = io.DEFAULT_BUFFER_SIZE
-    if buffering == 0:
-        if not binary:
-            raise ValueError("can't have unbuffered text I/O")
-        return raw
-    buffer: Any
-    if "+" in mode:
-        buffer = io.BufferedRandom(raw, buffering)
-    elif any(c in mode for c in "wxa"):
-        buffer = io.BufferedWriter(raw, buffering)
-    else:
-        buffer = io.BufferedReader(raw, buffering)
-    if binary:
-        return buffer
-    text = io.TextIOWrapper(buffer, io.text_encoding(encoding), errors, newline, line_buffering)
-    text.mode = mode  # type: ignore[misc]
-    return text
-
-
-def _path_of(file: Any) -> str | None:
-    if isinstance(file, int):
-        try:
-            return os.readlink(f"/proc/self/fd/{file}")  # Linux: where a descriptor points
-        except OSError:
-            return None
-    try:
-        return os.path.realpath(os.fsdecode(file))
-    except (TypeError, ValueError):
-        return None
-
-
-def _in_tmp(invocation: Invocation, file: Any) -> bool:
-    path = _path_of(file)
-    root = str(invocation.tmp)
-    return path is not None and (path == root or path.startswith(root + os.sep))
-
-
-def _open_with_budget(original: Callable[..., Any]) -> Callable[..., Any]:
-    def budget_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        invocation = _current.get()
-        if invocation is None or not any(c in mode for c in "wxa+") or not _in_tmp(invocation, file):
-            return original(file, mode, *args, **kwargs)
-        return _budgeted_open(invocation, file, mode, *args, **kwargs)
-
-    budget_open.__wrapped__ = original  # type: ignore[attr-defined]
-    return budget_open
-
-
-def _tmp_dir(original: Callable[[], Any], as_bytes: bool) -> Callable[[], Any]:
-    def gettempdir() -> Any:
-        invocation = _current.get()
-        if invocation is None:
-            return original()
-        return os.fsencode(invocation.tmp) if as_bytes else str(invocation.tmp)
-
-    gettempdir.__wrapped__ = original  # type: ignore[attr-defined]
-    return gettempdir
-
-
 def _quiet_kills(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """A thread stopped at its invocation's deadline ends silently, as a killed Lambda's would."""
 
@@ -280,11 +172,11 @@ def install() -> None:
         Endpoint.create_request = _fence(Endpoint.create_request)  # type: ignore[method-assign]
         threading.Thread.start = _threads_inherit(threading.Thread.start)  # type: ignore[method-assign]
         threading.excepthook = _quiet_kills(threading.excepthook)
-        budget_open = _open_with_budget(io.open)
+        budget_open = open_with_budget(io.open, _current_tmp)
         builtins.open = budget_open
         io.open = budget_open
-        tempfile.gettempdir = _tmp_dir(tempfile.gettempdir, as_bytes=False)
-        tempfile.gettempdirb = _tmp_dir(tempfile.gettempdirb, as_bytes=True)
+        tempfile.gettempdir = tmp_dir(tempfile.gettempdir, _current_tmp, as_bytes=False)
+        tempfile.gettempdirb = tmp_dir(tempfile.gettempdirb, _current_tmp, as_bytes=True)
         _installed = True
 
 
@@ -300,52 +192,24 @@ def timeout_overrides(text: str) -> dict[str, float]:
     return found
 
 
-class _Slots:
-    """A function's /tmp directories: one per concurrent invocation, reused like warm containers."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.free: list[int] = []
-        self.count = 0
-        self.lock = threading.Lock()
-
-    def acquire(self) -> Path:
-        with self.lock:
-            if self.free:
-                number = min(self.free)
-                self.free.remove(number)
-            else:
-                number = self.count
-                self.count += 1
-        path = self.root / str(number)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def release(self, path: Path, *, discard: bool) -> None:
-        if discard:  # a killed invocation's container is gone, and its /tmp with it
-            shutil.rmtree(path, ignore_errors=True)
-        with self.lock:
-            self.free.append(int(path.name))
-
-
 class Limits:
     def __init__(self, environ: dict[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
         self.overrides = timeout_overrides(env.get(TIMEOUTS_ENV, ""))
         self._root: Path | None = None
-        self._slots: dict[str, _Slots] = {}
+        self._slots: dict[str, Slots] = {}
         self._lock = threading.Lock()
 
     def timeout_of(self, function: r.Function) -> float:
         return float(self.overrides.get(function.name, self.overrides.get("*", function.timeout_seconds)))
 
-    def slots(self, function: r.Function) -> _Slots:
+    def slots(self, function: r.Function) -> Slots:
         with self._lock:
             if self._root is None:
                 self._root = Path(tempfile.mkdtemp(prefix="coupons-local-tmp-"))
                 atexit.register(shutil.rmtree, self._root, True)
             if function.name not in self._slots:
-                self._slots[function.name] = _Slots(self._root / function.name)
+                self._slots[function.name] = Slots(self._root / function.name)
             return self._slots[function.name]
 
     def run(self, function: r.Function, handler: Callable[..., Any], event: Any, context: Any) -> Any:
@@ -353,8 +217,8 @@ class Limits:
         install()
         timeout = self.timeout_of(function)
         slots = self.slots(function)
-        invocation = Invocation(function.name, time.monotonic() + timeout, slots.acquire(),
-                                function.ephemeral_storage_mb * 1024 * 1024)
+        invocation = Invocation(function.name, time.monotonic() + timeout,
+                                TmpBudget(slots.acquire(), function.ephemeral_storage_mb * 1024 * 1024))
         outcome: dict[str, Any] = {}
         done = threading.Event()
         caller_context = contextvars.copy_context()  # per-invocation state the host set (e.g. recording)
@@ -376,7 +240,7 @@ class Limits:
                 pass  # a kill that landed as the handler ended
             finally:
                 done.set()
-                slots.release(invocation.tmp, discard=invocation.killed)
+                slots.release(invocation.tmp.path, discard=invocation.killed)
 
         thread = threading.Thread(target=target, name=f"lambda-{function.name}", daemon=True)
         thread.start()
