@@ -32,6 +32,8 @@ class Table:
     indexes: tuple[Index, ...] = ()
     ttl_attribute: str | None = None
     stream: bool = False
+    partition_key: str = "pk"
+    sort_key: str | None = "sk"  # None: a partition key only
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,9 @@ class Function:
     routes: tuple[Route, ...] = ()
     memory_mb: int = 512
     timeout_seconds: int = 10
-    # What it may touch: ("table", key, "read"|"write"|"readwrite"), ("index", table key, index name) (Query),
+    ephemeral_storage_mb: int = 512  # /tmp (Lambda: 512-10240 MB); the local host enforces it too
+    # What it may touch: ("table", key, "read"|"write"|"readwrite"|"batchwrite"|"readbatchwrite"|"items"),
+    # ("index", table key, index name) (Query),
     # ("key", "kms", "encrypt"|"decrypt"|"generate") (on AWS only with EncryptionContext purpose=coupon-codes),
     # ("bucket", key, "read"|"readversions"|"write"|"put"|"readwrite"|"delete", optionally ":<prefix>",
     # e.g. "put:results/"),
@@ -127,7 +131,11 @@ GUARDS_TABLE = Table(key="guards", env="GUARDS_TABLE", name="coupons-guards", tt
 JOBS_TABLE = Table(key="jobs", env="JOBS_TABLE", name="coupons-jobs", ttl_attribute="ttl", stream=True)
 # Issue 17: the finance reports' kept per-day aggregates (pk=DAYS#<month>, see adapters/report_days).
 REPORTS_TABLE = Table(key="reports", env="REPORTS_TABLE", name="coupons-reports")
-TABLES = (COUPONS_TABLE, GUARDS_TABLE, JOBS_TABLE, REPORTS_TABLE)
+# Issue 17: `Idempotency-Key` records of admin creates, kept by Powertools' idempotency utility with
+# its DynamoDB persistence layer and its own attribute names (key `id`, TTL `expiration`: 24 hours).
+IDEMPOTENCY_TABLE = Table(key="idempotency", env="IDEMPOTENCY_TABLE", name="coupons-idempotency",
+                          partition_key="id", sort_key=None, ttl_attribute="expiration")
+TABLES = (COUPONS_TABLE, GUARDS_TABLE, JOBS_TABLE, REPORTS_TABLE, IDEMPOTENCY_TABLE)
 
 BUCKETS = (
     Bucket("imports", "IMPORTS_BUCKET", "coupons-imports", "marketing's CSV uploads and their results",
@@ -159,7 +167,9 @@ DAILY_REPORT_SCHEDULE = Schedule("daily-report", "0 1 * * ? *", 86400,
 
 READ, WRITE, READWRITE = "read", "write", "readwrite"
 BATCHWRITE, READBATCHWRITE = "batchwrite", "readbatchwrite"  # writes that include BatchWriteItem
+ITEMS = "items"  # GetItem, PutItem, UpdateItem, DeleteItem by key: what Powertools' idempotency layer calls
 _CODES = (("table", "coupons", READWRITE), ("key", "kms", "decrypt"), ("key", "kms", "generate"))
+_IDEMPOTENCY = ("table", "idempotency", ITEMS)
 
 FUNCTIONS: tuple[Function, ...] = (
     Function(
@@ -172,7 +182,8 @@ FUNCTIONS: tuple[Function, ...] = (
             Route("PUT", "/coupons/{coupon_id}"),
             Route("DELETE", "/coupons/{coupon_id}"),
         ),
-        grants=(*_CODES, ("index", "coupons", "gsi1"), ("index", "coupons", "gsi2")),  # by status, by campaign
+        grants=(*_CODES, ("index", "coupons", "gsi1"), ("index", "coupons", "gsi2"),  # by status, by campaign
+                _IDEMPOTENCY),
     ),
     # Checkout (issue 3): validation and redemption, separate functions sharing the domain layer.
     # KMS decrypt only: the keyring is unwrapped once per container (created with the first coupon).
@@ -254,7 +265,7 @@ FUNCTIONS: tuple[Function, ...] = (
         description="Bulk API: start a generation job, follow any job",
         routes=(Route("POST", "/campaigns/{campaign_id}/codes"), Route("GET", "/jobs/{job_id}")),
         timeout_seconds=29,
-        grants=(("table", "jobs", READWRITE), ("queue", "generation", "send"),
+        grants=(("table", "jobs", READWRITE), ("queue", "generation", "send"), _IDEMPOTENCY,
                 ("bucket", "exports", "read:exports/")),  # the presigned export URL is signed with this role
     ),
     Function(

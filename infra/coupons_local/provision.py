@@ -24,7 +24,8 @@ class Provisioned:
 
 
 def _create_table(dynamodb: Any, table: r.Table) -> str:
-    attributes = {"pk", "sk"}
+    keys = [(table.partition_key, "HASH"), *([(table.sort_key, "RANGE")] if table.sort_key else [])]
+    attributes = {name for name, _ in keys}
     gsis = []
     for index in table.indexes:
         attributes.update({index.partition_key, index.sort_key})
@@ -36,7 +37,7 @@ def _create_table(dynamodb: Any, table: r.Table) -> str:
         })
     request: dict[str, Any] = {
         "TableName": table.name,
-        "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        "KeySchema": [{"AttributeName": name, "KeyType": kind} for name, kind in keys],
         "AttributeDefinitions": [{"AttributeName": a, "AttributeType": "S"} for a in sorted(attributes)],
         "BillingMode": "PAY_PER_REQUEST",
     }

@@ -131,7 +131,10 @@ class Scenario:
                             aws_access_key_id="local", aws_secret_access_key="local")
 
     def admin(self, method: str, path: str, body: Any = None) -> Any:
-        return self.stack.request(method, path, body, token=self.admin_token)
+        # creates carry an Idempotency-Key, as a retrying client's would (the idempotency table's grant)
+        headers = {"Idempotency-Key": unique("key-")} if method == "POST" and path == "/coupons" or \
+            path.endswith("/codes") else None
+        return self.stack.request(method, path, body, token=self.admin_token, headers=headers)
 
     def create_coupon(self, **fields: Any) -> dict[str, Any]:
         return dict(self.ok(self.admin("POST", "/coupons", fields), 201))

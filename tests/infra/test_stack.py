@@ -151,8 +151,9 @@ def test_one_table_per_definition_with_pitr_cmk_deletion_protection_stream_ttl_a
     for spec in r.TABLES:
         props = synth.resource(synth.stack.data.tables[spec.key])["Properties"]
         assert props["BillingMode"] == "PAY_PER_REQUEST"
-        assert props["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"},
-                                      {"AttributeName": "sk", "KeyType": "RANGE"}]
+        assert props["KeySchema"] == [{"AttributeName": spec.partition_key, "KeyType": "HASH"},
+                                      *([{"AttributeName": spec.sort_key, "KeyType": "RANGE"}]
+                                        if spec.sort_key else [])]
         assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
         assert props["DeletionProtectionEnabled"] is True
         assert props["SSESpecification"]["SSEEnabled"] is True
@@ -293,6 +294,7 @@ def test_cors_preflight_allows_the_web_origin(synth: Synth) -> None:
         headers = preflight["Integration"]["IntegrationResponses"][0]["ResponseParameters"]
         assert headers["method.response.header.Access-Control-Allow-Origin"] == f"'{origin}'"
         assert "Authorization" in headers["method.response.header.Access-Control-Allow-Headers"]
+        assert "Idempotency-Key" in headers["method.response.header.Access-Control-Allow-Headers"]
 
 
 @pytest.mark.parametrize(("response_type", "status", "code"), [
@@ -528,6 +530,7 @@ def test_one_lambda_per_definition_python313_arm64_layers_tracing_logs(synth: Sy
         assert props["TracingConfig"] == {"Mode": "Active"}
         assert props["MemorySize"] == spec.memory_mb
         assert props["Timeout"] == spec.timeout_seconds
+        assert props["EphemeralStorage"] == {"Size": spec.ephemeral_storage_mb}  # the local host enforces both
         assert props["LoggingConfig"]["LogGroup"] == {"Ref": synth.logical_id(synth.stack.functions.log_groups[spec.name])}
         assert props.get("ReservedConcurrentExecutions") == synth.stack.config.reserved_concurrency.get(spec.name)
     for group in synth.of_type("AWS::Logs::LogGroup").values():
@@ -877,3 +880,40 @@ def test_report_aggregates_table_is_written_by_the_daily_job_and_read_and_filled
     s3_actions = {a for s in role_statements(synth, role_id) if mentions(s["Resource"], bucket_id)
                   for a in as_list(s["Action"])}
     assert {"s3:PutObject", "s3:AbortMultipartUpload"} <= s3_actions and "s3:GetObject" not in s3_actions
+
+
+# -- issue 17: Idempotency-Key records ------------------------------------------------------------
+
+def test_the_idempotency_table_has_powertools_keys_ttl_and_the_data_key(synth: Synth) -> None:
+    spec = r.IDEMPOTENCY_TABLE
+    props = synth.resource(synth.stack.data.tables[spec.key])["Properties"]
+    # Powertools' DynamoDBPersistenceLayer defaults: partition key `id`, expiry `expiration` (TTL)
+    assert props["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert props["TimeToLiveSpecification"] == {"AttributeName": "expiration", "Enabled": True}
+    assert "StreamSpecification" not in props and "GlobalSecondaryIndexes" not in props
+    assert props["SSESpecification"]["SSEType"] == "KMS"
+
+
+def test_only_the_create_routes_functions_touch_the_idempotency_table_by_key(synth: Synth) -> None:
+    table_id = synth.logical_id(synth.stack.data.tables["idempotency"])
+    users = set()
+    for spec in r.FUNCTIONS:
+        role_id = synth.logical_id(synth.stack.functions.roles[spec.name])
+        actions = {a for s in role_statements(synth, role_id) if mentions(s["Resource"], table_id)
+                   for a in as_list(s["Action"])}
+        if actions:
+            users.add(spec.name)
+            # exactly what the persistence layer calls: single items by key, no Query, Scan or batch
+            assert actions == {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
+                               "dynamodb:DeleteItem"}, (spec.name, actions)
+    # POST /coupons (admin) and POST /campaigns/{id}/codes (jobs)
+    assert users == {"admin", "jobs"}
+    routes = {(rt.method, rt.path): f.name for f in r.FUNCTIONS for rt in f.routes}
+    assert {routes[("POST", "/coupons")], routes[("POST", "/campaigns/{campaign_id}/codes")]} == users
+
+
+def test_create_functions_get_the_idempotency_table_name(synth: Synth) -> None:
+    table_id = synth.logical_id(synth.stack.data.tables["idempotency"])
+    for name in ("admin", "jobs"):
+        env = synth.resource(synth.stack.functions.functions[name])["Properties"]["Environment"]["Variables"]
+        assert env["IDEMPOTENCY_TABLE"] == {"Ref": table_id}

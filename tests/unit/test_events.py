@@ -354,3 +354,23 @@ def test_a_moto_stream_record_is_handed_on_in_lambda_s_shape() -> None:
     shaped = lambda_record(raw, "arn:aws:dynamodb:us-east-1:1:table/coupons/stream/x")
     assert shaped["eventSource"] == "aws:dynamodb" and shaped["eventSourceARN"].endswith("/stream/x")
     assert shaped["dynamodb"]["ApproximateCreationDateTime"] == int(datetime(2026, 5, 1, tzinfo=UTC).timestamp())
+
+
+# --- issue 17, 8b: a re-code names every field its PUT changed ----------------------------------------
+
+
+def test_a_recode_insert_names_every_field_the_edit_changed_and_the_previous_status() -> None:
+    moved = coupon(updated_at=T1, updated_by="admin-2", status="disabled", discount_value=20,
+                   edit_changed=["code", "discount_value", "status"], edit_previous_status="active")
+    event = only(to_event(change("INSERT", None, moved)))
+    assert event.detail_type == "CouponUpdated"
+    assert event.detail["changed"] == ["code", "discount_value", "status"]
+    assert event.detail["previous_status"] == "active"
+    assert "edit_changed" not in event.detail_json()
+
+
+def test_the_recode_note_is_bookkeeping_in_a_later_edit() -> None:
+    old = coupon(edit_changed=["code", "max_uses"])
+    new = coupon(max_uses=3, updated_at=T1)
+    new.pop("edit_changed", None)
+    assert only(to_event(change("MODIFY", old, new))).detail["changed"] == ["max_uses"]

@@ -29,6 +29,7 @@ ENV_NAMES: dict[str, str] = {
     "guards_table": "GUARDS_TABLE",
     "jobs_table": "JOBS_TABLE",
     "reports_table": "REPORTS_TABLE",
+    "idempotency_table": "IDEMPOTENCY_TABLE",
     "kms_key_id": "KMS_KEY_ID",
     "code_key_version": "CODE_KEY_VERSION",
     "event_bus_name": "EVENT_BUS_NAME",
@@ -72,6 +73,7 @@ class Settings(BaseModel):
     guards_table: str = "coupons-guards"
     jobs_table: str = "coupons-jobs"
     reports_table: str = "coupons-reports"  # kept per-day report aggregates
+    idempotency_table: str = "coupons-idempotency"  # Idempotency-Key records (issue 17)
     kms_key_id: str = "alias/coupons"
     code_key_version: int = Field(default=1, ge=1)
     event_bus_name: str = "coupons"
