@@ -116,7 +116,7 @@ class PutEventsFaults:
             return faults.put_events(backend, events)
 
         put_events.moto_original = self._original  # type: ignore[attr-defined]
-        EventsBackend.put_events = put_events  # type: ignore[method-assign]
+        EventsBackend.put_events = put_events  # type: ignore[method-assign,assignment]
         return self
 
     def uninstall(self) -> None:
