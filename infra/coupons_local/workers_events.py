@@ -135,13 +135,19 @@ class StreamPoller:
     def poll_once(self) -> bool:
         """Read and deliver what is new; True when there was something to do."""
         self._discover()
-        for shard_id, iterator in list(self.iterators.items()):
-            if iterator is not None and self.backlog(shard_id) < BATCH_SIZE * self.lanes:
+        for shard_id in list(self.iterators):
+            # Fill every lane up to a full batch if the stream has that much (as a mapping batches per shard).
+            for _ in range(self.lanes):
+                iterator = self.iterators[shard_id]
+                if iterator is None or self.backlog(shard_id) >= BATCH_SIZE * self.lanes:
+                    break
                 page = self.streams.get_records(ShardIterator=iterator, Limit=BATCH_SIZE)
                 for rec in page.get("Records", []):
                     record = lambda_record(rec, self.stream_arn)
                     self.pending[(shard_id, lane_of(record, self.lanes))].append(record)
                 self.iterators[shard_id] = page.get("NextShardIterator")
+                if not page.get("Records"):
+                    break
         return self.deliver_lanes()
 
     def deliver_lanes(self) -> bool:
