@@ -122,8 +122,8 @@ class StreamPoller:
             if shard_id in self.iterators:
                 continue
             parent = shard.get("ParentShardId")
-            if parent and parent in self.iterators and self.iterators[parent] is not None:
-                continue  # read the parent to its end first: order per item is kept
+            if parent and parent in self.iterators and (self.iterators[parent] is not None or self.backlog(parent)):
+                continue  # read and deliver the parent to its end first: order per item is kept
             self.iterators[shard_id] = self.streams.get_shard_iterator(
                 StreamArn=self.stream_arn, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
             for lane in range(self.lanes):

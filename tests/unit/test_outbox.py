@@ -286,3 +286,25 @@ def test_the_local_stream_delivers_across_items_in_another_order_than_commit_ord
     orders = {tuple(deliveries(pks, 4, seed)[0]) for seed in range(5)}
     commit = tuple(f"e{i}" for i in range(400))
     assert commit not in orders and len(orders) > 1
+
+
+# --- the local stack's PutEvents faults ---------------------------------------------------------------
+
+
+def test_the_fault_switch_reads_a_throttle_window_a_refusal_rate_and_a_seed() -> None:
+    import pytest
+    from coupons_local.faults import PutEventsFaults
+
+    faults = PutEventsFaults.parse("throttle:15s, fail=0.05,seed=7")
+    assert (faults.throttle_seconds, faults.fail_rate, faults.seed) == (15.0, 0.05, 7)
+    for bad in ("throttle", "fail=1.5", "slow=3", "throttle=-1"):
+        with pytest.raises(ValueError):
+            PutEventsFaults.parse(bad)
+    # The window opens on the first PutEvents call and lasts the given time
+    now = [100.0]
+    faults = PutEventsFaults(throttle_seconds=15, clock=lambda: now[0])
+    assert faults.throttling()
+    now[0] = 114.9
+    assert faults.throttling()
+    now[0] = 115.0
+    assert not faults.throttling()

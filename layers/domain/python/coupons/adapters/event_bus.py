@@ -25,7 +25,6 @@ from .dynamo import error_code, from_item, is_transient
 
 MAX_ENTRIES = 10  # PutEvents' limit per call
 MAX_ENTRY_BYTES = 256 * 1024
-NOT_ATTEMPTED = "NotAttempted"  # an entry left out once the bus had given up on this batch
 
 
 class EventBus:
