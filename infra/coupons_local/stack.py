@@ -14,8 +14,9 @@ from typing import Any
 from coupons_infra import resources as r
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from . import faults, threadsafe, tokens
+from . import threadsafe, tokens
 from .emulator import REGION, Emulator
+from .faults import FAULTS_ENV, PutEventsFaults, from_environment
 from .gateway import FunctionHost, Gateway
 from .provision import Provisioned, function_environment, provision
 
@@ -48,7 +49,7 @@ class LocalStack:
         self.functions.after_invoke = self.kick
         self.control_secret = secrets.token_hex(16)
         self._server: BaseWSGIServer | None = None
-        self.faults: faults.PutEventsFaults | None = None  # COUPONS_LOCAL_PUTEVENTS_FAULTS (issue 17)
+        self.faults: PutEventsFaults | None = None  # COUPONS_LOCAL_PUTEVENTS_FAULTS (issue 17)
 
     @property
     def api_url(self) -> str:
@@ -59,7 +60,7 @@ class LocalStack:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log per emulated AWS call
         self.emulator = Emulator().start()
         self.emulator.configure_process()
-        self.faults = faults.from_environment(os.environ.get(faults.FAULTS_ENV))
+        self.faults = from_environment(os.environ.get(FAULTS_ENV))
         if self.faults is not None:
             print(f"fault injection: {self.faults.describe()}", flush=True)
         self.provisioned = provision()
