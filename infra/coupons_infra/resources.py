@@ -57,6 +57,8 @@ class Queue:
     name: str
     visibility_timeout_seconds: int = 60
     max_receive_count: int = 5
+    retention_days: int = 4
+    alarm_when_visible: bool = False  # a message waiting here needs a person (not only in its DLQ)
 
 
 @dataclass(frozen=True)
@@ -152,12 +154,19 @@ QUEUES: tuple[Queue, ...] = (
     # Bulk (issue 5). Visibility = 6x the consumer's timeout (AWS's advice for SQS event sources).
     Queue("imports", "IMPORTS_QUEUE_URL", "coupons-imports", visibility_timeout_seconds=5400),
     Queue("generation", "GENERATION_QUEUE_URL", "coupons-generation", visibility_timeout_seconds=5400),
+    # Events (issue 17): what EventBridge refused after the publisher's retries, with the full entry,
+    # until `replay_events` puts it on the bus. 14 days (the SQS maximum); an alarm on any message.
+    Queue("undelivered-events", "UNDELIVERED_EVENTS_QUEUE_URL", "coupons-undelivered-events",
+          visibility_timeout_seconds=120, max_receive_count=5, retention_days=14, alarm_when_visible=True),
 )
 
 KMS_KEY_ALIAS = "alias/coupons"
 EVENT_BUS_NAME = "coupons"
 EVENT_SOURCE = "coupons"
 EVENT_ARCHIVE_RETENTION_DAYS = 365  # the bus's archive (every event), for replay
+# A stream consumer this far behind (Lambda's IteratorAge, maximum over a minute, 5 minutes running)
+# pages a person: records leave a stream after 24 hours.
+STREAM_ITERATOR_AGE_ALARM_SECONDS = 600
 
 # Schedules (issue 6). The local stack fires them on the same cron.
 EXPIRY_SWEEP_SCHEDULE = Schedule("expiry-sweep", "0 * * * ? *", 3600,
@@ -231,8 +240,16 @@ FUNCTIONS: tuple[Function, ...] = (
         description="Outbox: table streams -> contract events on the EventBridge bus",
         memory_mb=256,
         timeout_seconds=60,
-        grants=(("bus", "events", "put"),),  # stream reads come with the event source mappings
+        # Stream reads come with the event source mappings; refused events are parked in the queue.
+        grants=(("bus", "events", "put"), ("queue", "undelivered-events", "send")),
         stream_of=("coupons", "guards", "jobs"),
+    ),
+    Function(
+        name="replay_events",
+        description="Replays the undelivered-events queue onto the bus (invoked by hand after its alarm)",
+        memory_mb=256,
+        timeout_seconds=300,
+        grants=(("queue", "undelivered-events", "consume"), ("bus", "events", "put")),
     ),
     Function(
         name="expiry_sweep",

@@ -93,6 +93,8 @@ def _run(args: argparse.Namespace) -> int:
     payload: dict[str, Any] = {}
     if getattr(args, "date", None):
         payload["date"] = args.date
+    if getattr(args, "max_seconds", None):
+        payload["max_seconds"] = args.max_seconds
     request = urllib.request.Request(
         f"{state['api_url']}/_local/run/{args.job}", data=json.dumps(payload).encode(), method="POST",
         headers={"X-Local-Control": state["control_secret"], "Content-Type": "application/json"},
@@ -140,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     report = jobs.add_parser("daily-report")
     report.add_argument("--date", help="YYYY-MM-DD (default: yesterday, UTC)")
     report.add_argument("--port", type=int, default=3000)
+    replay = jobs.add_parser("replay-events", help="put the undelivered-events queue back on the bus")
+    replay.add_argument("--max-seconds", type=float, help="stop after this long (default: the function's timeout)")
+    replay.add_argument("--port", type=int, default=3000)
     run.set_defaults(func=_run)
 
     args = parser.parse_args(argv)

@@ -75,6 +75,7 @@ def provision() -> Provisioned:
         dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         queues[queue.key] = sqs.create_queue(QueueName=queue.name, Attributes={
             "VisibilityTimeout": str(queue.visibility_timeout_seconds),
+            "MessageRetentionPeriod": str(getattr(queue, "retention_days", 4) * 86400),
             "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn,
                                          "maxReceiveCount": str(queue.max_receive_count)}),
         })["QueueUrl"]

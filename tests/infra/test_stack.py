@@ -483,6 +483,76 @@ def test_event_bus_has_an_archive_of_every_coupon_event(synth: Synth) -> None:
     assert archive["RetentionDays"] == getattr(r, "EVENT_ARCHIVE_RETENTION_DAYS", 365)
 
 
+def test_undelivered_events_have_a_queue_of_their_own_with_redrive_retention_and_an_alarm(synth: Synth) -> None:
+    # Issue 17: events EventBridge refused are kept whole, for two weeks, and page a person.
+    messaging, observability = synth.stack.messaging, synth.stack.observability
+    spec = next(q for q in r.QUEUES if q.key == "undelivered-events")
+    queue_id = synth.logical_id(messaging.queues["undelivered-events"])
+    props = synth.template["Resources"][queue_id]["Properties"]
+    assert props["MessageRetentionPeriod"] == 14 * 86400 == spec.retention_days * 86400
+    assert props["SqsManagedSseEnabled"] is True
+    dlq = messaging.dead_letter_queues["undelivered-events-queue"]
+    assert props["RedrivePolicy"] == {"deadLetterTargetArn": {"Fn::GetAtt": [synth.logical_id(dlq), "Arn"]},
+                                      "maxReceiveCount": spec.max_receive_count}
+    waiting = synth.resource(observability.alarms["WaitingUndeliveredEvents"])["Properties"]
+    assert waiting["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    assert waiting["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [queue_id, "QueueName"]}}]
+    assert (waiting["Threshold"], waiting["ComparisonOperator"]) == (0, "GreaterThanThreshold")
+    assert "DlqUndeliveredEventsQueue" in observability.alarms  # and its DLQ alarms too
+    outputs = synth.template["Outputs"]
+    assert outputs["UndeliveredEventsQueueUrl"]["Value"] == {"Ref": queue_id}
+    replay_id = synth.logical_id(synth.stack.functions.functions["replay_events"])
+    assert outputs["ReplayEventsFunctionName"]["Value"] == {"Ref": replay_id}
+
+
+def test_stream_consumers_alarm_on_iterator_age(synth: Synth) -> None:
+    observability = synth.stack.observability
+    consumers = [f for f in r.FUNCTIONS if f.stream_of]
+    for spec in consumers:
+        name = "IteratorAge" + "".join(p.title() for p in spec.name.split("_"))
+        alarm = synth.resource(observability.alarms[name])["Properties"]
+        function_id = synth.logical_id(synth.stack.functions.functions[spec.name])
+        assert (alarm["Namespace"], alarm["MetricName"], alarm["Statistic"]) == ("AWS/Lambda", "IteratorAge",
+                                                                                  "Maximum")
+        assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": function_id}}]
+        assert alarm["Threshold"] == r.STREAM_ITERATOR_AGE_ALARM_SECONDS * 1000
+        assert (alarm["Period"], alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"]) == (60, 5, 5)
+    dashboard = json.dumps(next(iter(synth.of_type("AWS::CloudWatch::Dashboard").values()))["Properties"])
+    assert "IteratorAge" in dashboard
+
+
+def test_the_publisher_may_park_and_the_replay_may_only_drain_and_publish(synth: Synth) -> None:
+    queue_id = synth.logical_id(synth.stack.messaging.queues["undelivered-events"])
+    bus_id = synth.logical_id(synth.stack.messaging.bus)
+
+    def grants(function: str) -> dict[str, set[str]]:
+        role_id = synth.logical_id(synth.stack.functions.roles[function])
+        found: dict[str, set[str]] = {}
+        for statement in role_statements(synth, role_id):
+            for action in as_list(statement["Action"]):
+                found.setdefault(action, set()).add(json.dumps(statement["Resource"]))
+        return found
+
+    publisher = grants("publisher")
+    stream_dlq_id = synth.logical_id(synth.stack.messaging.dead_letter_queues["publisher-stream"])
+    # the queue, and the stream's on-failure destination (sent by the event source mapping, with this role)
+    assert publisher["sqs:SendMessage"] == {json.dumps({"Fn::GetAtt": [queue_id, "Arn"]}),
+                                            json.dumps({"Fn::GetAtt": [stream_dlq_id, "Arn"]})}
+    assert "sqs:ReceiveMessage" not in publisher and "sqs:DeleteMessage" not in publisher
+    assert publisher["events:PutEvents"] == {json.dumps({"Fn::GetAtt": [bus_id, "Arn"]})}
+    replay = grants("replay_events")
+    assert set(replay) == {"logs:CreateLogStream", "logs:PutLogEvents", "xray:PutTraceSegments",
+                           "xray:PutTelemetryRecords", "sqs:ReceiveMessage", "sqs:DeleteMessage",
+                           "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes", "events:PutEvents"}
+    for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"):
+        assert replay[action] == {json.dumps({"Fn::GetAtt": [queue_id, "Arn"]})}
+    assert replay["events:PutEvents"] == {json.dumps({"Fn::GetAtt": [bus_id, "Arn"]})}
+    # No trigger: an operator runs it after the alarm
+    mappings = synth.of_type("AWS::Lambda::EventSourceMapping").values()
+    replay_id = synth.logical_id(synth.stack.functions.functions["replay_events"])
+    assert not [m for m in mappings if m["Properties"]["FunctionName"] == {"Ref": replay_id}]
+
+
 # -- observability ----------------------------------------------------------------------------
 
 def test_dashboard_shows_requests_errors_latency_business_metrics_throttles_and_dlqs(synth: Synth) -> None:

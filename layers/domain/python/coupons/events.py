@@ -1,8 +1,8 @@
 """The outbox: committed table changes (DynamoDB stream records) become the contract's events.
 
 Pure logic, no AWS: `to_event` maps one change (old and new images, already
-deserialised) to zero or one event; `publish_in_order` hands the events of a
-stream batch to a publisher port and says which records must be retried.
+deserialised) to zero or one event; `coupons.outbox` publishes a stream batch's
+events, parks what the bus refuses and says which records must be retried.
 
 What maps to what (every other change publishes nothing):
 
@@ -30,10 +30,10 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 
 SOURCE = "coupons"
 
@@ -296,58 +296,3 @@ def scrub(detail: Mapping[str, Any]) -> dict[str, Any]:
     result = clean(jsonable(detail))
     assert isinstance(result, dict)
     return result
-
-
-# --- publishing a stream batch ------------------------------------------------------------------
-
-
-class Publisher(Protocol):
-    def put(self, events: Sequence[ContractEvent]) -> set[int]:
-        """Publish; the indexes of the events that could not be published (after retries)."""
-        ...
-
-
-@dataclass
-class BatchOutcome:
-    published: int = 0
-    skipped: int = 0  # changes that publish nothing
-    failed_sequence_numbers: list[str] = field(default_factory=list)
-
-
-def publish_in_order(changes: Sequence[Change], publisher: Publisher, *, batch_size: int = 10) -> BatchOutcome:
-    """Publish the events of a stream batch in order, `batch_size` per call.
-
-    A stream shard is retried from its lowest failed sequence number, so once a
-    record cannot be published, it and every record after it are reported as
-    failed and nothing after it is attempted (no reordering; a retry may re-send
-    at most the events of the failed call, which carry the same `event_id`).
-    """
-    outcome = BatchOutcome()
-    pending: list[tuple[int, ContractEvent]] = []  # (position in changes, event)
-
-    def flush() -> int | None:
-        """Publish the pending events; the position of the first that failed, if any."""
-        if not pending:
-            return None
-        failed = publisher.put([event for _, event in pending])
-        first = min((pending[i][0] for i in failed), default=None)
-        outcome.published += len(pending) - len(failed)
-        pending.clear()
-        return first
-
-    first_failure: int | None = None
-    for position, change in enumerate(changes):
-        event = to_event(change)
-        if event is None:
-            outcome.skipped += 1
-            continue
-        pending.append((position, event))
-        if len(pending) == batch_size:
-            first_failure = flush()
-            if first_failure is not None:
-                break
-    if first_failure is None:
-        first_failure = flush()
-    if first_failure is not None:
-        outcome.failed_sequence_numbers = [c.sequence_number for c in changes[first_failure:]]
-    return outcome

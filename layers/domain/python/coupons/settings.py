@@ -33,6 +33,8 @@ ENV_NAMES: dict[str, str] = {
     "kms_key_id": "KMS_KEY_ID",
     "code_key_version": "CODE_KEY_VERSION",
     "event_bus_name": "EVENT_BUS_NAME",
+    "undelivered_events_queue_url": "UNDELIVERED_EVENTS_QUEUE_URL",
+    "publish_retry_seconds": "PUBLISH_RETRY_SECONDS",
     "imports_bucket": "IMPORTS_BUCKET",
     "exports_bucket": "EXPORTS_BUCKET",
     "reports_bucket": "REPORTS_BUCKET",
@@ -77,6 +79,10 @@ class Settings(BaseModel):
     kms_key_id: str = "alias/coupons"
     code_key_version: int = Field(default=1, ge=1)
     event_bus_name: str = "coupons"
+    # Events (issue 17): how long the publisher retries refused events before it parks them in the
+    # undelivered-events queue (bounded by the Lambda's remaining time as well).
+    undelivered_events_queue_url: str = ""
+    publish_retry_seconds: float = Field(default=10.0, ge=0, le=300)
     imports_bucket: str = "coupons-imports"
     exports_bucket: str = "coupons-exports"
     reports_bucket: str = "coupons-reports"
