@@ -65,6 +65,13 @@ DENIED_BY_DESIGN: dict[tuple[str, str], str] = {
 # ("<action> <resource>[ via <service>]", a table grant being "dynamodb:read"/"dynamodb:write"), per
 # function ("*": every function).
 UNUSED_BY_DESIGN: dict[tuple[str, str], str] = {
+    ("publisher", "sqs:SendMessage arn:queue/undelivered-events"):
+        "parks what EventBridge refuses past the retries; the scenario's bus refuses nothing "
+        "(tests/e2e/test_events_faults_e2e.py throttles it and sees the parking)",
+    ("replay_events", "events:PutEvents arn:bus/events"): "publishes parked events; none are parked here",
+    ("replay_events", "sqs:DeleteMessage arn:queue/undelivered-events"): "deletes replayed events; none here",
+    ("replay_events", "sqs:GetQueueAttributes arn:queue/undelivered-events"):
+        "part of the consume grant (CDK's grantConsumeMessages); the replay only receives and deletes",
     ("*", "dynamodb:read arn:table/idempotency"):
         "Powertools' idempotency layer reads a record back (GetItem) only when its conditional PutItem "
         "did not return the existing one (ReturnValuesOnConditionCheckFailure); DynamoDB returns it",
@@ -208,6 +215,8 @@ class Scenario:
         ran = self.run_job("daily-report", {"date": settled[1]})
         assert ran and "error" not in ran, ran
         self.events_arrive()
+        ran = self.run_job("replay-events", {"max_seconds": 5})  # nothing parked: it drains an empty queue
+        assert ran is not None and "error" not in ran, ran
 
     def import_csv(self, campaign: str) -> None:
         rows = [f"{campaign.upper()}-{n:03d},PERCENT,10,{campaign}" if n % 3 else f",PERCENT,10,{campaign}"
