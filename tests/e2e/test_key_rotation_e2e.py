@@ -77,6 +77,7 @@ def import_result(stack: LocalStack, info: dict[str, Any], name: str, rows: list
     s3 = client(info, "s3")
     bucket = info["buckets"]["imports"]
     body = "code,discount_type,discount_value,campaign_id\r\n" + "\r\n".join(rows) + "\r\n"
+    stack.record_csv(body.encode())  # audited when the stack stops (tests/conftest.py)
     s3.put_object(Bucket=bucket, Key=f"incoming/{name}", Body=body.encode())
     deadline = time.monotonic() + 120
     while True:

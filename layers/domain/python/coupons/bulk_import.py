@@ -183,11 +183,43 @@ _INT = re.compile(r"^[+-]?\d{1,19}$")
 _DECIMAL = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d{1,3})?$")
 
 
+class Problem(str):
+    """A file problem as the results file words it, and `public`: the same said without any text read
+    from the file, for the job item, its BulkImportCompleted event (kept 365 days in the bus's archive)
+    and logs. A file without its header row has codes where the column names go (issue 17): names from
+    the file are quoted in the results file only."""
+
+    public: str
+
+    def __new__(cls, text: str, *, public: str) -> Problem:
+        problem = super().__new__(cls, text)
+        problem.public = public
+        return problem
+
+
+def _safe(text: str) -> Problem:
+    """A problem worded from constants and numbers only: the same text everywhere."""
+    return Problem(text, public=text)
+
+
+PUBLIC_FALLBACK = "file rejected, nothing imported (the results file says why)"
+
+
+def public_text(message: str) -> str:
+    """What a job, an event or a log may say about a problem: never a plain message (it may quote the file)."""
+    return message.public if isinstance(message, Problem) else PUBLIC_FALLBACK
+
+
+def public_error(problems: Iterable[tuple[int, str]]) -> str:
+    return "; ".join(dict.fromkeys(public_text(message) for _, message in problems))[:2000]
+
+
 class FileProblems(Exception):
-    """The file cannot be imported at all; nothing is written."""
+    """The file cannot be imported at all; nothing is written. Each problem is a row (0: the file or its
+    header) and a `Problem` (its results-file text, and its public text)."""
 
     def __init__(self, problems: list[tuple[int, str]]) -> None:
-        super().__init__("; ".join(message for _, message in problems))
+        super().__init__(public_error(problems))  # the exception's text may be logged: the public one
         self.problems = problems
 
 
@@ -199,21 +231,27 @@ def parse_header(data: bytes) -> list[str]:
     try:
         names = [n.strip().lower() for n in parse_record(data)]
     except ValueError as error:
-        raise FileProblems([(0, f"the header row is {error}")]) from None
+        public = "not valid UTF-8" if "UTF-8" in str(error) else "not one well-formed CSV row"
+        raise FileProblems([(0, Problem(f"the header row is {error}", public=f"the header row is {public}"))]) \
+            from None
     problems: list[tuple[int, str]] = []
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     for position, name in enumerate(names, start=1):
         if not name:
-            problems.append((0, f"column {position} has no name"))
+            problems.append((0, _safe(f"column {position} has no name")))
         elif name not in COLUMNS:
-            problems.append((0, f"unknown column {_shown(name)} (columns are the fields of POST /coupons:"
-                                f" {', '.join(COLUMNS)})"))
+            problems.append((0, Problem(
+                f"unknown column {_shown(name)} (columns are the fields of POST /coupons: {', '.join(COLUMNS)})",
+                public=f"unknown column in position {position}: not a field of POST /coupons"
+                       " (the results file names it; is the header row missing?)")))
         elif name in seen:
-            problems.append((0, f"column {_shown(name)} appears twice"))
-        seen.add(name)
+            problems.append((0, Problem(f"column {_shown(name)} appears twice",
+                                        public=f"the columns in positions {seen[name]} and {position} have"
+                                               " the same name")))
+        seen.setdefault(name, position)
     for required in REQUIRED_COLUMNS:
         if required not in seen:
-            problems.append((0, f"missing required column {required}"))
+            problems.append((0, _safe(f"missing required column {required}")))
     if problems:
         raise FileProblems(problems)
     return names
@@ -370,7 +408,7 @@ def _record_problem(error: RecordError, row: int) -> FileProblems:
         text = f"{where} is longer than {MAX_RECORD_BYTES // 1024} KiB (is a quote left open?)"
     else:
         text = f"{where} opens a quoted field that is never closed"
-    return FileProblems([(row, f"file rejected, nothing imported: {text}")])
+    return FileProblems([(row, _safe(f"file rejected, nothing imported: {text}"))])
 
 
 def plan_import(chunks: Iterable[bytes], range_bytes: int) -> ImportPlan:
@@ -381,13 +419,14 @@ def plan_import(chunks: Iterable[bytes], range_bytes: int) -> ImportPlan:
     try:
         first = next(records, None)
         if first is None:
-            raise FileProblems([(0, "file rejected: the file is empty (expected a header row naming"
-                                    " coupon fields, e.g. code,discount_type,discount_value)")])
+            raise FileProblems([(0, _safe("file rejected: the file is empty (expected a header row naming"
+                                          " coupon fields, e.g. code,discount_type,discount_value)"))])
         try:
             plan = ImportPlan(parse_header(first.data))
         except FileProblems as problems:
-            raise FileProblems([(r, f"file rejected, nothing imported: {m}") for r, m in problems.problems]) \
-                from None
+            prefix = "file rejected, nothing imported: "
+            raise FileProblems([(r, Problem(prefix + m, public=prefix + public_text(m)))
+                                for r, m in problems.problems]) from None
         in_header = False
         start = first_row = end = 0
         open_range = False
@@ -396,8 +435,8 @@ def plan_import(chunks: Iterable[bytes], range_bytes: int) -> ImportPlan:
             try:
                 record.data.decode("utf-8")
             except UnicodeDecodeError:
-                raise FileProblems([(row, f"file rejected, nothing imported: row {row} is not valid UTF-8"
-                                          " (save the file as \"CSV UTF-8\")")]) from None
+                raise FileProblems([(row, _safe(f"file rejected, nothing imported: row {row} is not valid UTF-8"
+                                                " (save the file as \"CSV UTF-8\")"))]) from None
             if not open_range:
                 start, first_row, open_range = record.start, row, True
             end = record.end
@@ -410,7 +449,7 @@ def plan_import(chunks: Iterable[bytes], range_bytes: int) -> ImportPlan:
         raise _record_problem(error, 0 if in_header else row + 1) from None
     plan.rows = row
     if row == 0:
-        raise FileProblems([(0, "file rejected: the file has a header but no data rows")])
+        raise FileProblems([(0, _safe("file rejected: the file has a header but no data rows"))])
     return plan
 
 
@@ -541,7 +580,7 @@ class ImportService:
     def _fail_file(self, job: dict[str, Any], problems: list[tuple[int, str]]) -> None:
         body = RESULT_HEADER + result_lines((row, "rejected", "", message) for row, message in problems)
         self._objects.put(job["result_bucket"], job["result_key"], body, metadata={"job-id": job["job_id"]})
-        error = "; ".join(message for _, message in problems)[:2000]
+        error = public_error(problems)  # the results file quotes the file; the job and its event never do
         summary = {"job_id": job["job_id"], "status": "failed", "error": error, "source_key": job["source_key"],
                    "result_key": job["result_key"], "created": 0, "rejected": 0, "duplicates": 0}
         self._write_marker(job, summary)
