@@ -300,6 +300,38 @@ def test_a_generation_job_of_two_thousand_codes(bulk: Bulk) -> None:
     assert bulk.campaign_size(campaign) == 2000
 
 
+def test_a_job_whose_messages_never_come_is_given_up_by_the_watchdog(make_stack: Any) -> None:
+    """Issue 17, finding 6: a job whose runs time out (or whose messages sit in a dead-letter queue)
+    stayed `queued`/`running` forever. The watchdog (every second here, stall after 3 s) gives it up,
+    and the worker still writes the export it has (no code yet: just the header) before failing it."""
+    stack = make_stack({"JOB_STALL_SECONDS": "3", "COUPONS_LOCAL_SCHEDULE_EVERY_SECONDS": "job-watchdog=1"})
+    bulk = Bulk(stack)
+    queue = bulk.queues["generation"]
+    # Given a generation job whose plan message will not be delivered for 15 minutes
+    bulk.sqs.set_queue_attributes(QueueUrl=queue, Attributes={"DelaySeconds": "900"})
+    campaign = unique("stuck").lower()
+    started = stack.admin("POST", f"/campaigns/{campaign}/codes", {"count": 50, "template": {"discount_value": 5}})
+    assert started.status == 202
+    bulk.sqs.set_queue_attributes(QueueUrl=queue, Attributes={"DelaySeconds": "0"})
+    job_id = started.body["job_id"]
+    # When nothing happens to it for longer than JOB_STALL_SECONDS
+    deadline = time.monotonic() + 90
+    while (job := stack.admin("GET", f"/jobs/{job_id}").body)["status"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
+    # Then it is failed, saying why, with the export it has
+    assert job["status"] == "failed" and "no progress for 3 s" in job["result"]["error"], job
+    assert job["result"]["created"] == 0
+    with urllib.request.urlopen(job["result"]["export_url"], timeout=60) as response:
+        assert response.read() == b"code,coupon_id\r\n"
+    # and its BulkGenerationCompleted says so
+    deadline = time.monotonic() + 60
+    while not (done := [json.loads(e) for e in stack.archived_events() if job_id in e]):
+        assert time.monotonic() < deadline, "no BulkGenerationCompleted"
+        time.sleep(0.5)
+    assert [(e["detail-type"], e["detail"]["status"]) for e in done] == [("BulkGenerationCompleted", "failed")]
+
+
 def test_the_jobs_api_refuses_what_it_should(bulk: Bulk) -> None:
     stack = bulk.stack
     good = {"count": 10, "template": {"discount_value": 10}}

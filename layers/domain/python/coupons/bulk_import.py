@@ -21,7 +21,10 @@ Flow (each step is one SQS message to the import function):
    A timed-out or crashed run resumes from the last checkpoint; rows redone after
    it find their own coupons (derived ids) and are reported as created again.
 4. The last range to finish assembles `results/<name>` (`row,status,coupon_id,error`,
-   rows in file order) from the work objects and moves the job to succeeded.
+   rows in file order) from the work objects and moves the job to succeeded: at once, or
+   part by part in parallel for a large file (coupons.bulk_import_finish, bulk_assembly).
+   A job given up (a message failing on its last receive; the watchdog, when it made no
+   progress) still gets the results of the rows it processed, then fails.
 
 Rows are numbered from 1 (the first record after the header); blank lines are
 skipped and not numbered; row 0 stands for the file itself (header, encoding).
@@ -61,6 +64,8 @@ from .adapters.bulk_store import (
     QueueSender,
 )
 from .admin import GENERATION_ATTEMPTS, AdminService
+from .bulk_import_finish import ASSEMBLE, GIVE_UP, ImportFinisher
+from .bulk_retry import is_transient
 from .clock import iso, utcnow
 from .codegen import generate_code
 from .codes import normalise
@@ -497,12 +502,26 @@ class ImportService:
         self._settings = settings
         self._clock = clock
         self._code = code_source
+        self.finisher = ImportFinisher(objects=objects, jobs=jobs, queue=queue, settings=settings, clock=clock,
+                                       head=RESULT_HEADER, lines=result_lines, write_marker=self._write_marker)
 
     # --- messages ---
 
     def handle(self, message: dict[str, Any], *, remaining_ms: Remaining = lambda: 900_000,
                receive_count: int = 1) -> None:
-        """One SQS message: an S3 event notification, or a range of a planned import."""
+        """One SQS message: an S3 event notification, a range of a planned import, a part of its results
+        to assemble, or the watchdog's give-up."""
+        if message.get("type") in (ASSEMBLE, GIVE_UP):
+            job_id = str(message["job_id"])
+            try:
+                if message["type"] == ASSEMBLE:
+                    self.finisher.run_part(message)
+                else:
+                    self.finisher.resume(job_id)
+            except Exception as error:
+                self._give_up_if_last(job_id, receive_count, error)
+                raise
+            return
         if message.get("type") == "import-range":
             job_id = str(message["job_id"])
             try:
@@ -519,10 +538,11 @@ class ImportService:
                 raise
 
     def _give_up_if_last(self, job_id: str, receive_count: int, error: Exception) -> None:
-        if receive_count >= MAX_RECEIVES:  # this message goes to the DLQ next: the job cannot finish
-            self._jobs.finish(job_id, "failed", {
-                "error": f"the import failed repeatedly ({type(error).__name__}); see the dead-letter queue",
-                "finished_at": self._now(), "updated_at": self._now()})
+        # This message goes to the DLQ next: the job cannot finish. Throttling is not a reason (it is
+        # resent with a long back-off: coupons.bulk_retry). The results so far are kept.
+        if receive_count >= MAX_RECEIVES and not is_transient(error):
+            self.finisher.give_up_safely(
+                job_id, f"the import failed repeatedly ({type(error).__name__}); see the dead-letter queue")
 
     def _now(self) -> str:
         return iso(self._clock())
@@ -592,8 +612,8 @@ class ImportService:
 
     def run_range(self, job_id: str, rng: ImportRange, remaining_ms: Remaining) -> None:
         job = self._jobs.get(job_id)
-        if job is None or job["status"] in TERMINAL:
-            return
+        if job is None or job["status"] in TERMINAL or job.get("failing"):
+            return  # finished, or given up: its results so far are being assembled
         name = f"R{rng.index:05d}"
         checkpoint = self._jobs.get_checkpoint(job_id, name) or {}
         if checkpoint.get("done"):
@@ -707,23 +727,7 @@ class ImportService:
         for row in pending:
             results[row] = ("rejected", "", "no free code could be generated; try again")
 
-    # --- the end ---
+    # --- the end: coupons.bulk_import_finish ---
 
     def maybe_finish(self, job_id: str) -> None:
-        """When every range is done: assemble results/<name> and mark the job succeeded."""
-        job = self._jobs.get(job_id)
-        if job is None or job["status"] in TERMINAL:
-            return
-        total_ranges = int(job.get("ranges_total", 0))
-        if total_ranges == 0 or int(job.get("ranges_done", 0)) < total_ranges:
-            return
-        bucket = job["result_bucket"]
-        parts = self._objects.keys(bucket, f"{WORK_PREFIX}{job_id}/")
-        self._objects.concatenate(bucket, job["result_key"], RESULT_HEADER, parts, metadata={"job-id": job_id})
-        summary = {"created": int(job.get("created", 0)), "rejected": int(job.get("rejected", 0)),
-                   "duplicates": int(job.get("duplicates", 0)), "result_key": job["result_key"]}
-        now = self._now()
-        self._write_marker(job, {"job_id": job_id, "status": "succeeded", "source_key": job["source_key"],
-                                 "total": int(job.get("total", 0)), **summary})
-        if self._jobs.finish(job_id, "succeeded", {"result": summary, "finished_at": now, "updated_at": now}):
-            self._objects.delete(bucket, parts)
+        self.finisher.maybe_finish(job_id)
