@@ -454,3 +454,32 @@ def test_a_given_up_job_whose_results_never_come_is_failed_at_the_next_stall(bul
     job = bulk_wiring.job_service().get(job_id)
     assert job["status"] == "failed" and "could not be assembled" in job["result"]["error"]
     assert watchdog(60).run()["active"] == 0
+
+
+def test_a_job_that_moves_while_the_watchdog_looks_at_it_is_left_alone(bulk: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watchdog reads a stalled-looking job; a worker commits progress before the watchdog's update
+    lands (forced here): the give-up is conditional on the updated_at it read, so nothing happens."""
+    from coupons.bulk_watchdog import JobWatchdog
+
+    configure(monkeypatch, JOB_STALL_SECONDS="600")
+    service = bulk_wiring.generation_service()
+    job_id = service.start("genmove", GenerationRequest.model_validate(
+        {"count": 5, "template": {"discount_value": 5}}), "alice")
+    jobs = bulk_wiring.job_table()
+    later = utcnow() + timedelta(minutes=11)
+
+    class ProgressAfterRead:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(jobs, name)
+
+        def get(self, wanted: str) -> Any:
+            item = jobs.get(wanted)
+            jobs.update(wanted, {"updated_at": (later - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")})
+            return item
+
+    watchdog = JobWatchdog(jobs=ProgressAfterRead(), queue=bulk_wiring.queue_sender(),  # type: ignore[arg-type]
+                           settings=get_settings(), clock=lambda: later)
+    assert watchdog.run()["given_up"] == []
+    job = jobs.get(job_id)
+    assert job is not None and job["status"] == "queued" and "failing" not in job
