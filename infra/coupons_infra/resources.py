@@ -130,7 +130,10 @@ COUPONS_TABLE = Table(
     stream=True,
 )
 GUARDS_TABLE = Table(key="guards", env="GUARDS_TABLE", name="coupons-guards", ttl_attribute="ttl", stream=True)
-JOBS_TABLE = Table(key="jobs", env="JOBS_TABLE", name="coupons-jobs", ttl_attribute="ttl", stream=True)
+JOBS_TABLE = Table(
+    key="jobs", env="JOBS_TABLE", name="coupons-jobs", ttl_attribute="ttl", stream=True,
+    indexes=(Index("gsi1", "gsi1pk", "gsi1sk"),),  # queued and running jobs only (sparse): the job watchdog
+)
 # Issue 17: the finance reports' kept per-day aggregates (pk=DAYS#<month>, see adapters/report_days).
 REPORTS_TABLE = Table(key="reports", env="REPORTS_TABLE", name="coupons-reports")
 # Issue 17: `Idempotency-Key` records of admin creates, kept by Powertools' idempotency utility with
@@ -173,6 +176,9 @@ EXPIRY_SWEEP_SCHEDULE = Schedule("expiry-sweep", "0 * * * ? *", 3600,
                                  "Hourly: coupons past expires_at get status expired")
 DAILY_REPORT_SCHEDULE = Schedule("daily-report", "0 1 * * ? *", 86400,
                                  "01:00 UTC: the previous UTC day's finance report to the reports bucket")
+# Issue 17: a timed-out run raises nothing, so a bulk job could stay running forever.
+JOB_WATCHDOG_SCHEDULE = Schedule("job-watchdog", "0/10 * * * ? *", 600,
+                                 "Every 10 minutes: bulk jobs with no progress for JOB_STALL_SECONDS are given up")
 
 READ, WRITE, READWRITE = "read", "write", "readwrite"
 BATCHWRITE, READBATCHWRITE = "batchwrite", "readbatchwrite"  # writes that include BatchWriteItem
@@ -311,6 +317,16 @@ FUNCTIONS: tuple[Function, ...] = (
         queue="generation",
         queue_batch_size=1,  # a batch is 1,000 codes: about a second of writes
         queue_max_concurrency=20,  # 20 writers stay within a new on-demand table's 4,000 WCU/s
+    ),
+    Function(
+        name="job_watchdog",
+        description="Gives up bulk jobs with no progress: the workers then keep their partial results",
+        memory_mb=256,
+        timeout_seconds=60,
+        # Reads the active-jobs index, marks a stalled job failing (or fails it), tells its worker queue:
+        # the workers, which hold the S3 grants, assemble what the job has.
+        grants=(("table", "jobs", READWRITE), ("queue", "imports", "send"), ("queue", "generation", "send")),
+        schedule=JOB_WATCHDOG_SCHEDULE,
     ),
 )
 

@@ -83,7 +83,8 @@ def _state(port: int) -> dict[str, Any]:
 
 def _info(args: argparse.Namespace) -> int:
     state = _state(args.port)
-    keys = ("api_url", "aws_endpoint", "region", "tables", "buckets", "queues", "event_queue_url", "kms_key_id")
+    keys = ("api_url", "aws_endpoint", "region", "tables", "buckets", "queues", "event_queue_url", "event_archive_url",
+            "kms_key_id")
     print(json.dumps({k: state[k] for k in keys if k in state}, indent=2))
     return 0
 

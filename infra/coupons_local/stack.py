@@ -85,6 +85,7 @@ class LocalStack:
             "buckets": self.provisioned.buckets,
             "queues": self.provisioned.queues,
             "event_queue_url": self.provisioned.event_queue_url,
+            "event_archive_url": self.provisioned.event_archive_url,
             "kms_key_id": self.provisioned.key_id,
             "pid": os.getpid(),
         }

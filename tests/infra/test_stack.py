@@ -474,6 +474,33 @@ def test_schedules_are_cron_rules_with_dlqs_and_failure_destinations(synth: Synt
         assert config["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": [dlq_id, "Arn"]}
 
 
+def test_the_job_watchdog_runs_every_ten_minutes_on_the_active_jobs_index_without_s3_or_code_keys(
+        synth: Synth) -> None:
+    """Issue 17: bulk jobs that stop making progress are given up. The watchdog reads the jobs table's
+    sparse active-jobs index (no Scan), updates jobs and messages the worker queues; the workers, which
+    hold the S3 grants, assemble what a given-up job has."""
+    jobs_table = synth.resource(synth.stack.data.tables["jobs"])["Properties"]
+    [index] = jobs_table["GlobalSecondaryIndexes"]
+    assert index["IndexName"] == "gsi1" and index["KeySchema"][0] == {"AttributeName": "gsi1pk", "KeyType": "HASH"}
+    function_id = synth.logical_id(synth.stack.functions.functions["job_watchdog"])
+    assert any(x["Properties"].get("ScheduleExpression") == "cron(0/10 * * * ? *)"
+               and mentions(x["Properties"]["Targets"], function_id) for x in synth.of_type("AWS::Events::Rule").values())
+    role_id = synth.logical_id(synth.stack.functions.roles["job_watchdog"])
+    found = role_statements(synth, role_id)
+    actions = {a for s in found for a in as_list(s["Action"])}
+    assert "dynamodb:Query" in actions and "dynamodb:UpdateItem" in actions and "dynamodb:Scan" not in actions
+    assert not {a for a in actions if a.startswith("s3:")}
+    for statement in found:  # the key only through DynamoDB (the table's encryption), never a code key
+        if any(a.startswith("kms:") for a in as_list(statement["Action"])):
+            assert "dynamodb." in json.dumps(statement.get("Condition", {})), statement
+    table_arns = [s["Resource"] for s in found if "dynamodb:Query" in as_list(s["Action"])]
+    assert any("/index/gsi1" in json.dumps(resources) for resources in table_arns)
+    sends = {synth.logical_id(synth.stack.messaging.queues[q]) for q in ("imports", "generation")}
+    assert all(any(mentions(s["Resource"], q) and "sqs:SendMessage" in as_list(s["Action"]) for s in found)
+               for q in sends)
+    assert not any("sqs:ReceiveMessage" in as_list(s["Action"]) for s in found)
+
+
 def test_event_bus_has_an_archive_of_every_coupon_event(synth: Synth) -> None:
     bus_id = synth.logical_id(synth.stack.messaging.bus)
     synth.assertions.has_resource_properties("AWS::Events::EventBus", {"Name": r.EVENT_BUS_NAME})

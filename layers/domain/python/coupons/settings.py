@@ -43,6 +43,7 @@ ENV_NAMES: dict[str, str] = {
     "import_range_bytes": "IMPORT_RANGE_BYTES",
     "import_checkpoint_rows": "IMPORT_CHECKPOINT_ROWS",
     "generation_batch_size": "GENERATION_BATCH_SIZE",
+    "job_stall_seconds": "JOB_STALL_SECONDS",
     "admin_group": "ADMIN_GROUP",
     "admin_issuer": "ADMIN_ISSUER",
     "admin_signin_url": "ADMIN_SIGNIN_URL",
@@ -93,6 +94,8 @@ class Settings(BaseModel):
     import_range_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     import_checkpoint_rows: int = Field(default=1000, ge=1, le=100_000)
     generation_batch_size: int = Field(default=1000, ge=1, le=10_000)
+    # The watchdog gives up a queued or running job whose progress stopped this long ago (issue 17).
+    job_stall_seconds: int = Field(default=7200, ge=1)
     admin_group: str = "coupon-admins"
     # The admin pool's issuer URL: only its ID tokens can be admins (issue 17). Empty: nobody is.
     admin_issuer: str = ""
