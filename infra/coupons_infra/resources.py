@@ -325,7 +325,8 @@ FUNCTIONS: tuple[Function, ...] = (
         timeout_seconds=60,
         # Reads the active-jobs index, marks a stalled job failing (or fails it), tells its worker queue:
         # the workers, which hold the S3 grants, assemble what the job has.
-        grants=(("table", "jobs", READWRITE), ("queue", "imports", "send"), ("queue", "generation", "send")),
+        grants=(("table", "jobs", READWRITE), ("index", "jobs", "gsi1"),  # the active jobs (sparse)
+                ("queue", "imports", "send"), ("queue", "generation", "send")),
         schedule=JOB_WATCHDOG_SCHEDULE,
     ),
 )

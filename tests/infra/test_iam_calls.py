@@ -65,6 +65,10 @@ DENIED_BY_DESIGN: dict[tuple[str, str], str] = {
 # ("<action> <resource>[ via <service>]", a table grant being "dynamodb:read"/"dynamodb:write"), per
 # function ("*": every function).
 UNUSED_BY_DESIGN: dict[tuple[str, str], str] = {
+    ("job_watchdog", "dynamodb:* arn:table/jobs"):
+        "marks a stalled job failing, then failed (conditional UpdateItem after a read); no job stalls in the "
+        "scenario (tests/integration/test_bulk_jobs.py and the watchdog e2e test stall one)",
+    ("job_watchdog", "sqs:SendMessage arn:queue/*"): "tells a stalled job's workers to give it up; none stalls here",
     ("publisher", "sqs:SendMessage arn:queue/undelivered-events"):
         "parks what EventBridge refuses past the retries; the scenario's bus refuses nothing "
         "(tests/e2e/test_events_faults_e2e.py throttles it and sees the parking)",
@@ -215,6 +219,8 @@ class Scenario:
         ran = self.run_job("daily-report", {"date": settled[1]})
         assert ran and "error" not in ran, ran
         self.events_arrive()
+        ran = self.run_job("job-watchdog")  # no job is stalled: it lists the active jobs and leaves them
+        assert ran is not None and "error" not in ran, ran
         ran = self.run_job("replay-events", {"max_seconds": 5})  # nothing parked: it drains an empty queue
         assert ran is not None and "error" not in ran, ran
 
