@@ -71,7 +71,9 @@ class Aws:
         tables: dict[str, str] = self.info["tables"]
         found: dict[str, events.ContractEvent] = {}
         for physical in tables.values():
-            arn = dynamodb.describe_table(TableName=physical)["Table"]["LatestStreamArn"]
+            arn = dynamodb.describe_table(TableName=physical)["Table"].get("LatestStreamArn")
+            if arn is None:
+                continue  # a table without a stream (kept report days, idempotency records) publishes nothing
             for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
                 iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"],
                                                       ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
