@@ -120,6 +120,9 @@ class FileObjects:
     def keys(self, bucket: str, prefix: str) -> list[str]:
         return [k for k in self.keys_written if k.startswith(prefix)]
 
+    def listing(self, bucket: str, prefix: str, **_: Any) -> list[tuple[str, int]]:
+        return [(k, 0) for k in self.keys(bucket, prefix)]  # their bodies were dropped
+
     def concatenate(self, bucket: str, dest: str, head: bytes, sources: list[str], **_: Any) -> int:
         return len(head)
 

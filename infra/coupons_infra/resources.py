@@ -33,6 +33,8 @@ class Table:
     indexes: tuple[Index, ...] = ()
     ttl_attribute: str | None = None
     stream: bool = False
+    partition_key: str = "pk"
+    sort_key: str | None = "sk"  # None: a partition key only
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class Queue:
     name: str
     visibility_timeout_seconds: int = 60
     max_receive_count: int = 5
+    retention_days: int = 4
+    alarm_when_visible: bool = False  # a message waiting here needs a person (not only in its DLQ)
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,9 @@ class Function:
     routes: tuple[Route, ...] = ()
     memory_mb: int = 512
     timeout_seconds: int = 10
-    # What it may touch: ("table", key, "read"|"write"|"readwrite"), ("index", table key, index name) (Query),
+    ephemeral_storage_mb: int = 512  # /tmp (Lambda: 512-10240 MB); the local host enforces it too
+    # What it may touch: ("table", key, "read"|"write"|"readwrite"|"batchwrite"|"readbatchwrite"|"items"),
+    # ("index", table key, index name) (Query),
     # ("key", "kms", "encrypt"|"decrypt"|"generate") (on AWS only with EncryptionContext purpose=coupon-codes),
     # ("bucket", key, "read"|"readversions"|"write"|"put"|"readwrite"|"delete", optionally ":<prefix>",
     # e.g. "put:results/"),
@@ -125,10 +131,17 @@ COUPONS_TABLE = Table(
     stream=True,
 )
 GUARDS_TABLE = Table(key="guards", env="GUARDS_TABLE", name="coupons-guards", ttl_attribute="ttl", stream=True)
-JOBS_TABLE = Table(key="jobs", env="JOBS_TABLE", name="coupons-jobs", ttl_attribute="ttl", stream=True)
+JOBS_TABLE = Table(
+    key="jobs", env="JOBS_TABLE", name="coupons-jobs", ttl_attribute="ttl", stream=True,
+    indexes=(Index("gsi1", "gsi1pk", "gsi1sk"),),  # queued and running jobs only (sparse): the job watchdog
+)
 # Issue 17: the finance reports' kept per-day aggregates (pk=DAYS#<month>, see adapters/report_days).
 REPORTS_TABLE = Table(key="reports", env="REPORTS_TABLE", name="coupons-reports")
-TABLES = (COUPONS_TABLE, GUARDS_TABLE, JOBS_TABLE, REPORTS_TABLE)
+# Issue 17: `Idempotency-Key` records of admin creates, kept by Powertools' idempotency utility with
+# its DynamoDB persistence layer and its own attribute names (key `id`, TTL `expiration`: 24 hours).
+IDEMPOTENCY_TABLE = Table(key="idempotency", env="IDEMPOTENCY_TABLE", name="coupons-idempotency",
+                          partition_key="id", sort_key=None, ttl_attribute="expiration")
+TABLES = (COUPONS_TABLE, GUARDS_TABLE, JOBS_TABLE, REPORTS_TABLE, IDEMPOTENCY_TABLE)
 
 BUCKETS = (
     Bucket("imports", "IMPORTS_BUCKET", "coupons-imports", "marketing's CSV uploads and their results",
@@ -145,18 +158,28 @@ QUEUES: tuple[Queue, ...] = (
     # Bulk (issue 5). Visibility = 6x the consumer's timeout (AWS's advice for SQS event sources).
     Queue("imports", "IMPORTS_QUEUE_URL", "coupons-imports", visibility_timeout_seconds=5400),
     Queue("generation", "GENERATION_QUEUE_URL", "coupons-generation", visibility_timeout_seconds=5400),
+    # Events (issue 17): what EventBridge refused after the publisher's retries, with the full entry,
+    # until `replay_events` puts it on the bus. 14 days (the SQS maximum); an alarm on any message.
+    Queue("undelivered-events", "UNDELIVERED_EVENTS_QUEUE_URL", "coupons-undelivered-events",
+          visibility_timeout_seconds=120, max_receive_count=5, retention_days=14, alarm_when_visible=True),
 )
 
 KMS_KEY_ALIAS = "alias/coupons"
 EVENT_BUS_NAME = "coupons"
 EVENT_SOURCE = "coupons"
 EVENT_ARCHIVE_RETENTION_DAYS = 365  # the bus's archive (every event), for replay
+# A stream consumer this far behind (Lambda's IteratorAge, maximum over a minute, 5 minutes running)
+# pages a person: records leave a stream after 24 hours.
+STREAM_ITERATOR_AGE_ALARM_SECONDS = 600
 
 # Schedules (issue 6). The local stack fires them on the same cron.
 EXPIRY_SWEEP_SCHEDULE = Schedule("expiry-sweep", "0 * * * ? *", 3600,
                                  "Hourly: coupons past expires_at get status expired")
 DAILY_REPORT_SCHEDULE = Schedule("daily-report", "0 1 * * ? *", 86400,
                                  "01:00 UTC: the previous UTC day's finance report to the reports bucket")
+# Issue 17: a timed-out run raises nothing, so a bulk job could stay running forever.
+JOB_WATCHDOG_SCHEDULE = Schedule("job-watchdog", "0/10 * * * ? *", 600,
+                                 "Every 10 minutes: bulk jobs with no progress for JOB_STALL_SECONDS are given up")
 
 # The API's TOKEN authorizer (issue 12): the function below, the header API Gateway hands it (only if it
 # matches this expression: a bearer JWT, else 401 at once), and how long its answer is cached per token.
@@ -167,7 +190,9 @@ AUTHORIZER_CACHE_SECONDS = 300
 
 READ, WRITE, READWRITE = "read", "write", "readwrite"
 BATCHWRITE, READBATCHWRITE = "batchwrite", "readbatchwrite"  # writes that include BatchWriteItem
+ITEMS = "items"  # GetItem, PutItem, UpdateItem, DeleteItem by key: what Powertools' idempotency layer calls
 _CODES = (("table", "coupons", READWRITE), ("key", "kms", "decrypt"), ("key", "kms", "generate"))
+_IDEMPOTENCY = ("table", "idempotency", ITEMS)
 
 FUNCTIONS: tuple[Function, ...] = (
     Function(
@@ -180,7 +205,8 @@ FUNCTIONS: tuple[Function, ...] = (
             Route("PUT", "/coupons/{coupon_id}"),
             Route("DELETE", "/coupons/{coupon_id}"),
         ),
-        grants=(*_CODES, ("index", "coupons", "gsi1"), ("index", "coupons", "gsi2")),  # by status, by campaign
+        grants=(*_CODES, ("index", "coupons", "gsi1"), ("index", "coupons", "gsi2"),  # by status, by campaign
+                _IDEMPOTENCY),
     ),
     # Checkout (issue 3): validation and redemption, separate functions sharing the domain layer.
     # KMS decrypt only: the keyring is unwrapped once per container (created with the first coupon).
@@ -236,8 +262,16 @@ FUNCTIONS: tuple[Function, ...] = (
         description="Outbox: table streams -> contract events on the EventBridge bus",
         memory_mb=256,
         timeout_seconds=60,
-        grants=(("bus", "events", "put"),),  # stream reads come with the event source mappings
+        # Stream reads come with the event source mappings; refused events are parked in the queue.
+        grants=(("bus", "events", "put"), ("queue", "undelivered-events", "send")),
         stream_of=("coupons", "guards", "jobs"),
+    ),
+    Function(
+        name="replay_events",
+        description="Replays the undelivered-events queue onto the bus (invoked by hand after its alarm)",
+        memory_mb=256,
+        timeout_seconds=300,
+        grants=(("queue", "undelivered-events", "consume"), ("bus", "events", "put")),
     ),
     Function(
         name="expiry_sweep",
@@ -270,7 +304,7 @@ FUNCTIONS: tuple[Function, ...] = (
         description="Bulk API: start a generation job, follow any job",
         routes=(Route("POST", "/campaigns/{campaign_id}/codes"), Route("GET", "/jobs/{job_id}")),
         timeout_seconds=29,
-        grants=(("table", "jobs", READWRITE), ("queue", "generation", "send"),
+        grants=(("table", "jobs", READWRITE), ("queue", "generation", "send"), _IDEMPOTENCY,
                 ("bucket", "exports", "read:exports/")),  # the presigned export URL is signed with this role
     ),
     Function(
@@ -299,6 +333,17 @@ FUNCTIONS: tuple[Function, ...] = (
         queue="generation",
         queue_batch_size=1,  # a batch is 1,000 codes: about a second of writes
         queue_max_concurrency=20,  # 20 writers stay within a new on-demand table's 4,000 WCU/s
+    ),
+    Function(
+        name="job_watchdog",
+        description="Gives up bulk jobs with no progress: the workers then keep their partial results",
+        memory_mb=256,
+        timeout_seconds=60,
+        # Reads the active-jobs index, marks a stalled job failing (or fails it), tells its worker queue:
+        # the workers, which hold the S3 grants, assemble what the job has.
+        grants=(("table", "jobs", READWRITE), ("index", "jobs", "gsi1"),  # the active jobs (sparse)
+                ("queue", "imports", "send"), ("queue", "generation", "send")),
+        schedule=JOB_WATCHDOG_SCHEDULE,
     ),
 )
 

@@ -55,7 +55,9 @@ class CouponsStack(Stack):
                          functions=self.functions.functions)
         self.observability = Observability(
             self, "Observability", config=config, api=self.api.api, functions=self.functions.functions,
-            dead_letter_queues=self.messaging.dead_letter_queues)
+            dead_letter_queues=self.messaging.dead_letter_queues,
+            watched_queues={q.key: self.messaging.queues[q.key] for q in r.QUEUES
+                            if getattr(q, "alarm_when_visible", False)})
         self._outputs()
 
     def _outputs(self) -> None:
@@ -87,6 +89,10 @@ class CouponsStack(Stack):
         for bucket_key, bucket in self.storage.buckets.items():
             CfnOutput(self, f"{bucket_key.title()}BucketName", value=bucket.bucket_name)
         CfnOutput(self, "EventBusName", value=self.messaging.bus.event_bus_name)
+        CfnOutput(self, "UndeliveredEventsQueueUrl", value=self.messaging.queues["undelivered-events"].queue_url,
+                  description="Events EventBridge refused, waiting for replay_events")
+        CfnOutput(self, "ReplayEventsFunctionName", value=self.functions.functions["replay_events"].function_name,
+                  description="aws lambda invoke --function-name <this> --cli-read-timeout 0 out.json")
         CfnOutput(self, "AlarmTopicArn", value=self.observability.topic.topic_arn)
         CfnOutput(self, "Region", value=self.region)
 

@@ -92,7 +92,8 @@ def _state(port: int) -> dict[str, Any]:
 
 def _info(args: argparse.Namespace) -> int:
     state = _state(args.port)
-    keys = ("api_url", "aws_endpoint", "region", "tables", "buckets", "queues", "event_queue_url", "kms_key_id")
+    keys = ("api_url", "aws_endpoint", "region", "tables", "buckets", "queues", "event_queue_url", "event_archive_url",
+            "kms_key_id")
     print(json.dumps({k: state[k] for k in keys if k in state}, indent=2))
     return 0
 
@@ -102,6 +103,8 @@ def _run(args: argparse.Namespace) -> int:
     payload: dict[str, Any] = {}
     if getattr(args, "date", None):
         payload["date"] = args.date
+    if getattr(args, "max_seconds", None):
+        payload["max_seconds"] = args.max_seconds
     request = urllib.request.Request(
         f"{state['api_url']}/_local/run/{args.job}", data=json.dumps(payload).encode(), method="POST",
         headers={"X-Local-Control": state["control_secret"], "Content-Type": "application/json"},
@@ -153,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     report = jobs.add_parser("daily-report")
     report.add_argument("--date", help="YYYY-MM-DD (default: yesterday, UTC)")
     report.add_argument("--port", type=int, default=3000)
+    replay = jobs.add_parser("replay-events", help="put the undelivered-events queue back on the bus")
+    replay.add_argument("--max-seconds", type=float, help="stop after this long (default: the function's timeout)")
+    replay.add_argument("--port", type=int, default=3000)
     run.set_defaults(func=_run)
 
     args = parser.parse_args(argv)

@@ -29,11 +29,12 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from . import calllog
+from .limits import FunctionError, Limits
 
 MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Headers": "Authorization,Content-Type",
+    "Access-Control-Allow-Headers": "Authorization,Content-Type,Idempotency-Key",
     "Access-Control-Allow-Methods": "GET,POST,PUT,DELETE,OPTIONS",
     "Access-Control-Expose-Headers": "Retry-After",
 }
@@ -50,7 +51,7 @@ class FakeContext:
 
     function_name: str
     memory_limit_in_mb: int
-    timeout_seconds: int
+    timeout_seconds: float
     aws_request_id: str
     started: float
 
@@ -83,6 +84,7 @@ class FunctionHost:
         # With the call log on: one invocation at a time, each in a fresh container (see calllog).
         self.isolated = False
         self._isolation = threading.Lock()
+        self.limits = Limits()  # Lambda's timeout, 6 MB response and /tmp (issue 17: see limits.py)
 
     def handler(self, function: r.Function) -> Callable[..., Any]:
         with self._lock:
@@ -100,16 +102,19 @@ class FunctionHost:
     after_invoke: Callable[[], None] | None = None  # the stack wakes its pollers after each run
 
     def invoke(self, function: r.Function, event: dict[str, Any]) -> Any:
-        context = FakeContext(function.name, function.memory_mb, function.timeout_seconds,
+        """Run the handler within the function's limits; raises limits.FunctionError when Lambda would fail it."""
+        handler = self.handler(function)  # the init phase is not part of the invocation's time
+        context = FakeContext(function.name, function.memory_mb, self.limits.timeout_of(function),
                               str(uuid.uuid4()), time.monotonic())
         try:
             if not self.isolated:
                 with calllog.acting_as(function.name):
-                    return self.handler(function)(event, context)
+                    return self.limits.run(function, handler, event, context)
             with self._isolation:
                 calllog.fresh_container()
+                handler = self.handler(function)  # a fresh container initialises again
                 with calllog.acting_as(function.name):
-                    return self.handler(function)(event, context)
+                    return self.limits.run(function, handler, event, context)
         finally:
             if self.after_invoke is not None:
                 self.after_invoke()
@@ -211,7 +216,10 @@ class Gateway:
             if authorizer is None:
                 return envelope(401, "UNAUTHENTICATED", "A valid bearer token is required.")
         event = self._event(request, route, args, body, authorizer)
-        result = self.host.invoke(function, event)
+        try:
+            result = self.host.invoke(function, event)
+        except FunctionError as error:  # as API Gateway answers a timed-out or oversized Lambda answer
+            return envelope(error.status, error.code, str(error))
         return self._response(result)
 
     def _event(self, request: Request, route: r.Route, args: Any, body: bytes,
@@ -274,5 +282,8 @@ class Gateway:
         if job not in self.control:
             return envelope(404, "JOB_NOT_FOUND", f"No local job named {job}.")
         payload = request.get_json(silent=True) or {}
-        result = self.control[job](payload)
+        try:
+            result = self.control[job](payload)
+        except FunctionError as error:
+            return envelope(error.status, error.code, str(error))
         return Response(json.dumps(result, default=str), status=200, content_type="application/json")

@@ -21,10 +21,14 @@ class Provisioned:
     bus_name: str
     event_queue_url: str
     stream_arns: dict[str, str]
+    # The local stand-in for the bus's archive (AWS keeps every event 365 days): a queue nobody
+    # consumes, so tests can look at every event ever published (tests/conftest.py audits it).
+    event_archive_url: str = ""
 
 
 def _create_table(dynamodb: Any, table: r.Table) -> str:
-    attributes = {"pk", "sk"}
+    keys = [(table.partition_key, "HASH"), *([(table.sort_key, "RANGE")] if table.sort_key else [])]
+    attributes = {name for name, _ in keys}
     gsis = []
     for index in table.indexes:
         attributes.update({index.partition_key, index.sort_key})
@@ -36,7 +40,7 @@ def _create_table(dynamodb: Any, table: r.Table) -> str:
         })
     request: dict[str, Any] = {
         "TableName": table.name,
-        "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        "KeySchema": [{"AttributeName": name, "KeyType": kind} for name, kind in keys],
         "AttributeDefinitions": [{"AttributeName": a, "AttributeType": "S"} for a in sorted(attributes)],
         "BillingMode": "PAY_PER_REQUEST",
     }
@@ -74,6 +78,7 @@ def provision() -> Provisioned:
         dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         queues[queue.key] = sqs.create_queue(QueueName=queue.name, Attributes={
             "VisibilityTimeout": str(queue.visibility_timeout_seconds),
+            "MessageRetentionPeriod": str(getattr(queue, "retention_days", 4) * 86400),
             "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn,
                                          "maxReceiveCount": str(queue.max_receive_count)}),
         })["QueueUrl"]
@@ -88,6 +93,13 @@ def provision() -> Provisioned:
                     EventPattern=json.dumps({"source": [r.EVENT_SOURCE]}))
     events.put_targets(Rule="tap-all", EventBusName=r.EVENT_BUS_NAME,
                        Targets=[{"Id": "tap", "Arn": event_queue_arn}])
+    archive_url = sqs.create_queue(QueueName="coupons-events-archive", Attributes={
+        "MessageRetentionPeriod": str(14 * 86400)})["QueueUrl"]  # SQS keeps 14 days at most
+    archive_arn = sqs.get_queue_attributes(QueueUrl=archive_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name="archive-all", EventBusName=r.EVENT_BUS_NAME,
+                    EventPattern=json.dumps({"source": [r.EVENT_SOURCE]}))  # the CDK archive's pattern
+    events.put_targets(Rule="archive-all", EventBusName=r.EVENT_BUS_NAME,
+                       Targets=[{"Id": "archive", "Arn": archive_arn}])
     del bus_arn
     return Provisioned(
         tables={t.key: t.name for t in r.TABLES},
@@ -97,6 +109,7 @@ def provision() -> Provisioned:
         bus_name=r.EVENT_BUS_NAME,
         event_queue_url=event_queue_url,
         stream_arns=stream_arns,
+        event_archive_url=archive_url,
     )
 
 

@@ -16,6 +16,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from . import calllog, threadsafe, tokens
 from .emulator import REGION, Emulator
+from .faults import FAULTS_ENV, PutEventsFaults, from_environment
 from .gateway import FunctionHost, Gateway
 from .provision import Provisioned, function_environment, provision
 
@@ -48,6 +49,7 @@ class LocalStack:
         self.functions.after_invoke = self.kick
         self.control_secret = secrets.token_hex(16)
         self._server: BaseWSGIServer | None = None
+        self.faults: PutEventsFaults | None = None  # COUPONS_LOCAL_PUTEVENTS_FAULTS (issue 17)
 
     @property
     def api_url(self) -> str:
@@ -60,6 +62,9 @@ class LocalStack:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log per emulated AWS call
         self.emulator = Emulator().start()
         self.emulator.configure_process()
+        self.faults = from_environment(os.environ.get(FAULTS_ENV))
+        if self.faults is not None:
+            print(f"fault injection: {self.faults.describe()}", flush=True)
         self.provisioned = provision()
         config = {name: os.environ[name] for name in CONFIG_VARS if name in os.environ}
         os.environ.update(function_environment(self.provisioned, config))
@@ -80,6 +85,7 @@ class LocalStack:
             "buckets": self.provisioned.buckets,
             "queues": self.provisioned.queues,
             "event_queue_url": self.provisioned.event_queue_url,
+            "event_archive_url": self.provisioned.event_archive_url,
             "kms_key_id": self.provisioned.key_id,
             "pid": os.getpid(),
         }

@@ -6,7 +6,12 @@ Scheduler fires the cron rules. Here:
 - one poller thread per streamed table reads moto's DynamoDB stream
   (describe_stream / get_shard_iterator / get_records, following child shards),
   and hands batches in the real DynamoDB stream event shape to
-  `functions/publisher`'s `lambda_handler`. Records it reports in
+  `functions/publisher`'s `lambda_handler`. moto keeps one shard per table, where
+  DynamoDB has one per partition and Lambda reads them independently: so the records
+  are dealt into `COUPONS_LOCAL_STREAM_LANES` lanes (4; 1 = commit order) by a hash of
+  their partition key, and the lanes are delivered in a random order. The order of one
+  item's (one partition key's) records is kept, as DynamoDB Streams keeps it; across
+  items it is not commit order, as on AWS. Records it reports in
   `batchItemFailures` (or the whole batch, if it raises) are retried from the
   lowest failed sequence number with backoff; after `stream_retry_attempts` the
   batch goes to a local DLQ queue (`coupons-publisher-dlq`), as the on-failure
@@ -16,7 +21,9 @@ Scheduler fires the cron rules. Here:
   scheduled event. `COUPONS_LOCAL_SCHEDULE_EVERY_SECONDS` fires them that often
   instead (demos and tests): `30` for every schedule, or `expiry-sweep=2,daily-report=60`;
 - `jobs["expiry-sweep"]` and `jobs["daily-report"]` run them now
-  (`coupons-local run expiry-sweep|daily-report [--date]`).
+  (`coupons-local run expiry-sweep|daily-report [--date]`);
+- `jobs["replay-events"]` runs `functions/replay_events` (`coupons-local run replay-events`):
+  the undelivered-events queue back onto the bus.
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -47,6 +56,8 @@ DISCOVER_SECONDS = 10.0  # how often a poller looks for new (child) shards
 BATCH_SIZE = 100
 DLQ_NAME = "coupons-publisher-dlq"
 SCHEDULE_EVERY_ENV = "COUPONS_LOCAL_SCHEDULE_EVERY_SECONDS"
+LANES_ENV = "COUPONS_LOCAL_STREAM_LANES"
+DEFAULT_LANES = 4
 
 
 # --- stream -> publisher --------------------------------------------------------------------------
@@ -69,18 +80,30 @@ def lambda_record(record: dict[str, Any], stream_arn: str) -> dict[str, Any]:
     }
 
 
+def lane_of(record: dict[str, Any], lanes: int) -> int:
+    """The lane of a record: a stable hash of its partition key, so one item's records share a lane."""
+    keys = record.get("dynamodb", {}).get("Keys", {})
+    pk = json.dumps(keys.get("pk", keys), sort_keys=True)
+    return zlib.crc32(pk.encode()) % max(1, lanes)
+
+
 class StreamPoller:
     """Reads one table's stream and drives the publisher, as an event source mapping would."""
 
-    def __init__(self, stack: LocalStack, function: r.Function, stream_arn: str, dlq_url: str) -> None:
+    def __init__(self, stack: LocalStack, function: r.Function, stream_arn: str, dlq_url: str, *,
+                 lanes: int = DEFAULT_LANES, rng: random.Random | None = None, streams: Any = None,
+                 sqs: Any = None) -> None:
         self.stack = stack
         self.function = function
         self.stream_arn = stream_arn
         self.dlq_url = dlq_url
-        self.streams: Any = boto3.client("dynamodbstreams")
-        self.sqs: Any = boto3.client("sqs")
+        self.streams: Any = streams or boto3.client("dynamodbstreams")
+        self.sqs: Any = sqs or boto3.client("sqs")
+        self.lanes = max(1, lanes)
+        self.rng = rng or random.Random()
         self.iterators: dict[str, str | None] = {}  # shard id -> next iterator (None: closed and drained)
-        self.pending: dict[str, list[dict[str, Any]]] = {}  # shard id -> records not yet delivered
+        # (shard id, lane) -> records not yet delivered, in sequence order
+        self.pending: dict[tuple[str, int], list[dict[str, Any]]] = {}
         self.delivered = 0
         self.discovered_at = 0.0
 
@@ -100,11 +123,15 @@ class StreamPoller:
             if shard_id in self.iterators:
                 continue
             parent = shard.get("ParentShardId")
-            if parent and parent in self.iterators and self.iterators[parent] is not None:
-                continue  # read the parent to its end first: order per item is kept
+            if parent and parent in self.iterators and (self.iterators[parent] is not None or self.backlog(parent)):
+                continue  # read and deliver the parent to its end first: order per item is kept
             self.iterators[shard_id] = self.streams.get_shard_iterator(
                 StreamArn=self.stream_arn, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
-            self.pending[shard_id] = []
+            for lane in range(self.lanes):
+                self.pending[(shard_id, lane)] = []
+
+    def backlog(self, shard_id: str) -> int:
+        return sum(len(self.pending[(shard_id, lane)]) for lane in range(self.lanes))
 
     def poll_once(self) -> bool:
         """Read and deliver what is new; True when there was something to do."""
@@ -113,21 +140,31 @@ class StreamPoller:
 
     def _poll_once(self) -> bool:
         self._discover()
-        busy = False
-        for shard_id, iterator in list(self.iterators.items()):
-            backlog = self.pending[shard_id]
-            if iterator is not None and len(backlog) < BATCH_SIZE:
+        for shard_id in list(self.iterators):
+            # Fill every lane up to a full batch if the stream has that much (as a mapping batches per shard).
+            for _ in range(self.lanes):
+                iterator = self.iterators[shard_id]
+                if iterator is None or self.backlog(shard_id) >= BATCH_SIZE * self.lanes:
+                    break
                 page = self.streams.get_records(ShardIterator=iterator, Limit=BATCH_SIZE)
-                backlog.extend(lambda_record(rec, self.stream_arn) for rec in page.get("Records", []))
+                for rec in page.get("Records", []):
+                    record = lambda_record(rec, self.stream_arn)
+                    self.pending[(shard_id, lane_of(record, self.lanes))].append(record)
                 self.iterators[shard_id] = page.get("NextShardIterator")
-            while backlog:
-                busy = True
-                batch = backlog[:BATCH_SIZE]
-                delivered = self.deliver(batch)
-                del backlog[:delivered]
-                if delivered < len(batch):
-                    break  # gave up on this batch's tail after the retries: it went to the DLQ
-        return busy
+                if not page.get("Records"):
+                    break
+        return self.deliver_lanes()
+
+    def deliver_lanes(self) -> bool:
+        """One batch from each lane that has records, the lanes in a random order; True if any."""
+        ready = [key for key, records in self.pending.items() if records]
+        self.rng.shuffle(ready)
+        for key in ready:
+            backlog = self.pending[key]
+            batch = backlog[:BATCH_SIZE]
+            delivered = self.deliver(batch)  # a tail it gave up on after the retries went to the DLQ
+            del backlog[:delivered]
+        return bool(ready)
 
     def deliver(self, batch: list[dict[str, Any]]) -> int:
         """Invoke the publisher until the batch is through; how many records were consumed."""
@@ -249,12 +286,13 @@ def start(stack: LocalStack) -> None:
     sqs = boto3.client("sqs")
     dlq_url = sqs.create_queue(QueueName=DLQ_NAME)["QueueUrl"]
     stack.provisioned.queues.setdefault("publisher-dlq", dlq_url)
+    lanes = int(os.environ.get(LANES_ENV) or DEFAULT_LANES)
     for function in r.FUNCTIONS:
         for table in function.stream_tables:
             arn = stack.provisioned.stream_arns.get(table)
             if not arn:
                 continue
-            poller = StreamPoller(stack, function, arn, dlq_url)
+            poller = StreamPoller(stack, function, arn, dlq_url, lanes=lanes)
             threading.Thread(target=poller.run, name=f"stream-{table}", daemon=True).start()
     every = schedule_overrides(os.environ.get(SCHEDULE_EVERY_ENV, ""))
     schedulers = {}
@@ -280,3 +318,7 @@ def start(stack: LocalStack) -> None:
 
     for name in schedulers:
         stack.jobs[name] = run_job(name)
+
+    replay = r.function("replay_events")
+    stack.jobs["replay-events"] = lambda payload: stack.functions.invoke(
+        replay, {"max_seconds": payload["max_seconds"]} if payload.get("max_seconds") else {})

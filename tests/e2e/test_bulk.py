@@ -47,10 +47,12 @@ class Bulk:
                             aws_access_key_id="local", aws_secret_access_key="local")
 
     def upload(self, name: str, body: bytes) -> str:
+        self.stack.record_csv(body)  # its codes must never reach a table, an event or a log
         return str(self.s3.put_object(Bucket=self.buckets["imports"], Key=f"incoming/{name}", Body=body)["ETag"])
 
     def upload_multipart(self, name: str, body: bytes) -> str:
         """The same bytes with another ETag (not their MD5), as SSE-KMS objects always have on AWS."""
+        self.stack.record_csv(body)
         bucket, key = self.buckets["imports"], f"incoming/{name}"
         upload_id = self.s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
         part = self.s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=body)
@@ -219,30 +221,55 @@ def test_a_thousand_rows_get_exact_statuses_and_a_second_upload_creates_nothing(
 # --- malformed files ----------------------------------------------------------------------------
 
 
-MALFORMED = {
+MALFORMED = {  # name: (body, words of the results file, words of the job's error)
     "latin1.csv": ("code,discount_value,campaign_id\r\nBADA-1,5,{c}\r\nCAFÉ-2,5,{c}\r\n".encode("latin-1"),
-                   "not valid UTF-8"),
-    "no-value.csv": (b"code,discount_type,campaign_id\r\nBADB-1,PERCENT,{c}\r\n", "missing required column"),
-    "extra.csv": (b"code,discount_value,campaign_id,colour\r\nBADC-1,5,{c},red\r\n", 'unknown column "colour"'),
+                   "not valid UTF-8", "not valid UTF-8"),
+    "no-value.csv": (b"code,discount_type,campaign_id\r\nBADB-1,PERCENT,{c}\r\n", "missing required column",
+                     "missing required column"),
+    # The results file names the column; the job (and its event) never copy text from the file (issue 17).
+    "extra.csv": (b"code,discount_value,campaign_id,colour\r\nBADC-1,5,{c},red\r\n", 'unknown column "colour"',
+                  "unknown column"),
     "long-line.csv": (b"code,discount_value,campaign_id\r\nBADD-1,5,{c}\r\nBADD-2,5,{c}" + b"9" * 1_048_576
-                      + b"\r\n", "longer than 256 KiB"),
-    "empty.csv": (b"", "the file is empty"),
-    "header-only.csv": (b"code,discount_value,campaign_id\r\n", "no data rows"),
+                      + b"\r\n", "longer than 256 KiB", "longer than 256 KiB"),
+    "empty.csv": (b"", "the file is empty", "the file is empty"),
+    "header-only.csv": (b"code,discount_value,campaign_id\r\n", "no data rows", "no data rows"),
 }
 
 
 def test_malformed_files_get_a_clear_result_and_create_nothing(bulk: Bulk) -> None:
     campaign = unique("bad").lower()
     folder = unique("m")
-    for name, (body, _) in MALFORMED.items():
+    for name, (body, _, _) in MALFORMED.items():
         bulk.upload(f"{folder}/{name}", body.replace(b"{c}", campaign.encode()))
-    for name, (_, words) in MALFORMED.items():
+    for name, (_, words, job_words) in MALFORMED.items():
         rows, job = bulk.result(f"{folder}/{name}")
         assert rows[0] == ["row", "status", "coupon_id", "error"], name
         assert rows[1:] and all(r[1] == "rejected" and not r[2] for r in rows[1:]), name
         assert any(words in r[3] for r in rows[1:]), (name, rows)
-        assert job["status"] == "failed" and words in job["result"]["error"], name
+        assert job["status"] == "failed" and job_words in job["result"]["error"], name
+        assert "colour" not in json.dumps(job), name
     assert bulk.campaign_size(campaign) == 0
+
+
+def test_a_file_without_a_header_keeps_its_codes_out_of_the_job_its_event_and_the_logs(bulk: Bulk) -> None:
+    """Issue 17, finding 3: the first row of a file without a header was read as the header, and
+    `unknown column "summer-25-vip"` became the job's error, its BulkImportCompleted event and the
+    bus archive's copy of it. The code belongs in the results file only."""
+    campaign = unique("nohdr").lower()
+    first, second = f"{unique('summer-')}-vip".lower(), unique("AUTUMN-")
+    bulk.stack.record_codes(first, second)
+    # Given a CSV uploaded without its header row, a code first
+    bulk.upload(f"{campaign}.csv", f"{first},PERCENT,10\r\n{second},PERCENT,5\r\n".encode())
+    rows, job = bulk.result(f"{campaign}.csv")
+    # Then the job fails, and the results file (only) names the column it did not know
+    assert job["status"] == "failed" and "unknown column" in job["result"]["error"], job
+    assert any(f'unknown column "{first}"' in r[3] for r in rows[1:]), rows
+    # and once its BulkImportCompleted event is out, no table, event or log line holds either code
+    deadline = time.monotonic() + 60
+    while not any(job["job_id"] in event for event in bulk.stack.archived_events()):
+        assert time.monotonic() < deadline, "no BulkImportCompleted event"
+        time.sleep(0.5)
+    assert bulk.stack.plaintext_code_hits() == []
 
 
 # --- generation ------------------------------------------------------------------------------------
@@ -274,6 +301,7 @@ def test_a_generation_job_of_two_thousand_codes(bulk: Bulk) -> None:
         lines = list(csv.reader(io.StringIO(response.read().decode())))
     assert lines[0] == ["code", "coupon_id"]
     codes = [code for code, _ in lines[1:]]
+    bulk.stack.record_codes(*codes)  # only the export may hold them
     assert len(codes) == 2000 and len(set(codes)) == 2000
     assert all(re.fullmatch(r"E2E-[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}", c)
                for c in codes)
@@ -281,6 +309,38 @@ def test_a_generation_job_of_two_thousand_codes(bulk: Bulk) -> None:
     for code in codes[::250]:
         assert bulk.validates(code)
     assert bulk.campaign_size(campaign) == 2000
+
+
+def test_a_job_whose_messages_never_come_is_given_up_by_the_watchdog(make_stack: Any) -> None:
+    """Issue 17, finding 6: a job whose runs time out (or whose messages sit in a dead-letter queue)
+    stayed `queued`/`running` forever. The watchdog (every second here, stall after 3 s) gives it up,
+    and the worker still writes the export it has (no code yet: just the header) before failing it."""
+    stack = make_stack({"JOB_STALL_SECONDS": "3", "COUPONS_LOCAL_SCHEDULE_EVERY_SECONDS": "job-watchdog=1"})
+    bulk = Bulk(stack)
+    queue = bulk.queues["generation"]
+    # Given a generation job whose plan message will not be delivered for 15 minutes
+    bulk.sqs.set_queue_attributes(QueueUrl=queue, Attributes={"DelaySeconds": "900"})
+    campaign = unique("stuck").lower()
+    started = stack.admin("POST", f"/campaigns/{campaign}/codes", {"count": 50, "template": {"discount_value": 5}})
+    assert started.status == 202
+    bulk.sqs.set_queue_attributes(QueueUrl=queue, Attributes={"DelaySeconds": "0"})
+    job_id = started.body["job_id"]
+    # When nothing happens to it for longer than JOB_STALL_SECONDS
+    deadline = time.monotonic() + 90
+    while (job := stack.admin("GET", f"/jobs/{job_id}").body)["status"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
+    # Then it is failed, saying why, with the export it has
+    assert job["status"] == "failed" and "no progress for 3 s" in job["result"]["error"], job
+    assert job["result"]["created"] == 0
+    with urllib.request.urlopen(job["result"]["export_url"], timeout=60) as response:
+        assert response.read() == b"code,coupon_id\r\n"
+    # and its BulkGenerationCompleted says so
+    deadline = time.monotonic() + 60
+    while not (done := [json.loads(e) for e in stack.archived_events() if job_id in e]):
+        assert time.monotonic() < deadline, "no BulkGenerationCompleted"
+        time.sleep(0.5)
+    assert [(e["detail-type"], e["detail"]["status"]) for e in done] == [("BulkGenerationCompleted", "failed")]
 
 
 def test_the_jobs_api_refuses_what_it_should(bulk: Bulk) -> None:

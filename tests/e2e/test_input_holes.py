@@ -217,6 +217,7 @@ def test_a_csv_row_with_a_threshold_and_no_currency_is_rejected(stack: LocalStac
     codes = [unique("CSV-") for _ in range(3)]
     body = ("code,discount_value,min_order_amount,max_discount_amount,currency\n"
             f"{codes[0]},10,2000,,\n{codes[1]},10,,500,\n{codes[2]},10,2000,500,USD\n")
+    stack.record_csv(body.encode())  # audited when the stack stops (tests/conftest.py)
     s3.put_object(Bucket=bucket, Key=f"incoming/{name}", Body=body.encode())
     deadline = time.monotonic() + 120
     while True:

@@ -77,6 +77,7 @@ def import_result(stack: LocalStack, info: dict[str, Any], name: str, rows: list
     s3 = client(info, "s3")
     bucket = info["buckets"]["imports"]
     body = "code,discount_type,discount_value,campaign_id\r\n" + "\r\n".join(rows) + "\r\n"
+    stack.record_csv(body.encode())  # audited when the stack stops (tests/conftest.py)
     s3.put_object(Bucket=bucket, Key=f"incoming/{name}", Body=body.encode())
     deadline = time.monotonic() + 120
     while True:
@@ -119,7 +120,8 @@ def test_a_rotated_deployment_serves_old_codes_and_refuses_them_as_new_ones(rota
     assert recode.status == 409 and recode.error_code == "CODE_ALREADY_EXISTS", recode.body
     assert stored_versions(info) == [1, 2]  # the new coupon was sealed under version 2
     # And the CSV import reports it as a duplicate
-    rows = import_result(stack, info, f"{code}.csv", [f"{code.lower()},PERCENT,10,rot",
+    # (the file is not named after the code: its name is in the job and its event, a code never is)
+    rows = import_result(stack, info, f"{unique('rotation-')}.csv", [f"{code.lower()},PERCENT,10,rot",
                                                       f"{unique('ROT3-')},PERCENT,10,rot"])
     assert [row[1] for row in rows] == ["duplicate", "created"], rows
     assert rows[0][3] == "code: a coupon with this code exists already"

@@ -65,6 +65,20 @@ DENIED_BY_DESIGN: dict[tuple[str, str], str] = {
 # ("<action> <resource>[ via <service>]", a table grant being "dynamodb:read"/"dynamodb:write"), per
 # function ("*": every function).
 UNUSED_BY_DESIGN: dict[tuple[str, str], str] = {
+    ("job_watchdog", "dynamodb:* arn:table/jobs"):
+        "marks a stalled job failing, then failed (conditional UpdateItem after a read); no job stalls in the "
+        "scenario (tests/integration/test_bulk_jobs.py and the watchdog e2e test stall one)",
+    ("job_watchdog", "sqs:SendMessage arn:queue/*"): "tells a stalled job's workers to give it up; none stalls here",
+    ("publisher", "sqs:SendMessage arn:queue/undelivered-events"):
+        "parks what EventBridge refuses past the retries; the scenario's bus refuses nothing "
+        "(tests/e2e/test_events_faults_e2e.py throttles it and sees the parking)",
+    ("replay_events", "events:PutEvents arn:bus/events"): "publishes parked events; none are parked here",
+    ("replay_events", "sqs:DeleteMessage arn:queue/undelivered-events"): "deletes replayed events; none here",
+    ("replay_events", "sqs:GetQueueAttributes arn:queue/undelivered-events"):
+        "part of the consume grant (CDK's grantConsumeMessages); the replay only receives and deletes",
+    ("*", "dynamodb:read arn:table/idempotency"):
+        "Powertools' idempotency layer reads a record back (GetItem) only when its conditional PutItem "
+        "did not return the existing one (ReturnValuesOnConditionCheckFailure); DynamoDB returns it",
     ("*", "logs:* arn:logs/*"): "the Lambda runtime writes the function's own log group, not the SDK",
     ("*", "xray:* *"): "active tracing: the runtime sends the segments",
     ("*", "kms:* arn:key/data via dynamodb"):
@@ -131,6 +145,14 @@ class Scenario:
                             aws_access_key_id="local", aws_secret_access_key="local")
 
     def admin(self, method: str, path: str, body: Any = None) -> Any:
+        # creates carry an Idempotency-Key, as a retrying client's would (the idempotency table's grant)
+        # and each is retried once with the same key (a replay: the stored answer is read back)
+        if method == "POST" and (path == "/coupons" or path.endswith("/codes")):
+            headers = {"Idempotency-Key": unique("key-")}
+            first = self.stack.request(method, path, body, token=self.admin_token, headers=headers)
+            again = self.stack.request(method, path, body, token=self.admin_token, headers=headers)
+            assert (again.status, again.body) == (first.status, first.body), (first.body, again.body)
+            return again
         return self.stack.request(method, path, body, token=self.admin_token)
 
     def create_coupon(self, **fields: Any) -> dict[str, Any]:
@@ -198,6 +220,10 @@ class Scenario:
         ran = self.run_job("daily-report", {"date": settled[1]})
         assert ran and "error" not in ran, ran
         self.events_arrive()
+        ran = self.run_job("job-watchdog")  # no job is stalled: it lists the active jobs and leaves them
+        assert ran is not None and "error" not in ran, ran
+        ran = self.run_job("replay-events", {"max_seconds": 5})  # nothing parked: it drains an empty queue
+        assert ran is not None and "error" not in ran, ran
 
     def import_csv(self, campaign: str) -> None:
         rows = [f"{campaign.upper()}-{n:03d},PERCENT,10,{campaign}" if n % 3 else f",PERCENT,10,{campaign}"

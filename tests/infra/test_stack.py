@@ -151,8 +151,9 @@ def test_one_table_per_definition_with_pitr_cmk_deletion_protection_stream_ttl_a
     for spec in r.TABLES:
         props = synth.resource(synth.stack.data.tables[spec.key])["Properties"]
         assert props["BillingMode"] == "PAY_PER_REQUEST"
-        assert props["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"},
-                                      {"AttributeName": "sk", "KeyType": "RANGE"}]
+        assert props["KeySchema"] == [{"AttributeName": spec.partition_key, "KeyType": "HASH"},
+                                      *([{"AttributeName": spec.sort_key, "KeyType": "RANGE"}]
+                                        if spec.sort_key else [])]
         assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
         assert props["DeletionProtectionEnabled"] is True
         assert props["SSESpecification"]["SSEEnabled"] is True
@@ -296,6 +297,7 @@ def test_cors_preflight_allows_the_web_origin(synth: Synth) -> None:
         headers = preflight["Integration"]["IntegrationResponses"][0]["ResponseParameters"]
         assert headers["method.response.header.Access-Control-Allow-Origin"] == f"'{origin}'"
         assert "Authorization" in headers["method.response.header.Access-Control-Allow-Headers"]
+        assert "Idempotency-Key" in headers["method.response.header.Access-Control-Allow-Headers"]
 
 
 @pytest.mark.parametrize(("response_type", "status", "code"), [
@@ -475,6 +477,33 @@ def test_schedules_are_cron_rules_with_dlqs_and_failure_destinations(synth: Synt
         assert config["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": [dlq_id, "Arn"]}
 
 
+def test_the_job_watchdog_runs_every_ten_minutes_on_the_active_jobs_index_without_s3_or_code_keys(
+        synth: Synth) -> None:
+    """Issue 17: bulk jobs that stop making progress are given up. The watchdog reads the jobs table's
+    sparse active-jobs index (no Scan), updates jobs and messages the worker queues; the workers, which
+    hold the S3 grants, assemble what a given-up job has."""
+    jobs_table = synth.resource(synth.stack.data.tables["jobs"])["Properties"]
+    [index] = jobs_table["GlobalSecondaryIndexes"]
+    assert index["IndexName"] == "gsi1" and index["KeySchema"][0] == {"AttributeName": "gsi1pk", "KeyType": "HASH"}
+    function_id = synth.logical_id(synth.stack.functions.functions["job_watchdog"])
+    assert any(x["Properties"].get("ScheduleExpression") == "cron(0/10 * * * ? *)"
+               and mentions(x["Properties"]["Targets"], function_id) for x in synth.of_type("AWS::Events::Rule").values())
+    role_id = synth.logical_id(synth.stack.functions.roles["job_watchdog"])
+    found = role_statements(synth, role_id)
+    actions = {a for s in found for a in as_list(s["Action"])}
+    assert "dynamodb:Query" in actions and "dynamodb:UpdateItem" in actions and "dynamodb:Scan" not in actions
+    assert not {a for a in actions if a.startswith("s3:")}
+    for statement in found:  # the key only through DynamoDB (the table's encryption), never a code key
+        if any(a.startswith("kms:") for a in as_list(statement["Action"])):
+            assert "dynamodb." in json.dumps(statement.get("Condition", {})), statement
+    table_arns = [s["Resource"] for s in found if "dynamodb:Query" in as_list(s["Action"])]
+    assert any("/index/gsi1" in json.dumps(resources) for resources in table_arns)
+    sends = {synth.logical_id(synth.stack.messaging.queues[q]) for q in ("imports", "generation")}
+    assert all(any(mentions(s["Resource"], q) and "sqs:SendMessage" in as_list(s["Action"]) for s in found)
+               for q in sends)
+    assert not any("sqs:ReceiveMessage" in as_list(s["Action"]) for s in found)
+
+
 def test_event_bus_has_an_archive_of_every_coupon_event(synth: Synth) -> None:
     bus_id = synth.logical_id(synth.stack.messaging.bus)
     synth.assertions.has_resource_properties("AWS::Events::EventBus", {"Name": r.EVENT_BUS_NAME})
@@ -482,6 +511,76 @@ def test_event_bus_has_an_archive_of_every_coupon_event(synth: Synth) -> None:
     assert archive["SourceArn"] == {"Fn::GetAtt": [bus_id, "Arn"]}
     assert archive["EventPattern"] == {"source": [r.EVENT_SOURCE]}
     assert archive["RetentionDays"] == getattr(r, "EVENT_ARCHIVE_RETENTION_DAYS", 365)
+
+
+def test_undelivered_events_have_a_queue_of_their_own_with_redrive_retention_and_an_alarm(synth: Synth) -> None:
+    # Issue 17: events EventBridge refused are kept whole, for two weeks, and page a person.
+    messaging, observability = synth.stack.messaging, synth.stack.observability
+    spec = next(q for q in r.QUEUES if q.key == "undelivered-events")
+    queue_id = synth.logical_id(messaging.queues["undelivered-events"])
+    props = synth.template["Resources"][queue_id]["Properties"]
+    assert props["MessageRetentionPeriod"] == 14 * 86400 == spec.retention_days * 86400
+    assert props["SqsManagedSseEnabled"] is True
+    dlq = messaging.dead_letter_queues["undelivered-events-queue"]
+    assert props["RedrivePolicy"] == {"deadLetterTargetArn": {"Fn::GetAtt": [synth.logical_id(dlq), "Arn"]},
+                                      "maxReceiveCount": spec.max_receive_count}
+    waiting = synth.resource(observability.alarms["WaitingUndeliveredEvents"])["Properties"]
+    assert waiting["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    assert waiting["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [queue_id, "QueueName"]}}]
+    assert (waiting["Threshold"], waiting["ComparisonOperator"]) == (0, "GreaterThanThreshold")
+    assert "DlqUndeliveredEventsQueue" in observability.alarms  # and its DLQ alarms too
+    outputs = synth.template["Outputs"]
+    assert outputs["UndeliveredEventsQueueUrl"]["Value"] == {"Ref": queue_id}
+    replay_id = synth.logical_id(synth.stack.functions.functions["replay_events"])
+    assert outputs["ReplayEventsFunctionName"]["Value"] == {"Ref": replay_id}
+
+
+def test_stream_consumers_alarm_on_iterator_age(synth: Synth) -> None:
+    observability = synth.stack.observability
+    consumers = [f for f in r.FUNCTIONS if f.stream_of]
+    for spec in consumers:
+        name = "IteratorAge" + "".join(p.title() for p in spec.name.split("_"))
+        alarm = synth.resource(observability.alarms[name])["Properties"]
+        function_id = synth.logical_id(synth.stack.functions.functions[spec.name])
+        assert (alarm["Namespace"], alarm["MetricName"], alarm["Statistic"]) == ("AWS/Lambda", "IteratorAge",
+                                                                                  "Maximum")
+        assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": function_id}}]
+        assert alarm["Threshold"] == r.STREAM_ITERATOR_AGE_ALARM_SECONDS * 1000
+        assert (alarm["Period"], alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"]) == (60, 5, 5)
+    dashboard = json.dumps(next(iter(synth.of_type("AWS::CloudWatch::Dashboard").values()))["Properties"])
+    assert "IteratorAge" in dashboard
+
+
+def test_the_publisher_may_park_and_the_replay_may_only_drain_and_publish(synth: Synth) -> None:
+    queue_id = synth.logical_id(synth.stack.messaging.queues["undelivered-events"])
+    bus_id = synth.logical_id(synth.stack.messaging.bus)
+
+    def grants(function: str) -> dict[str, set[str]]:
+        role_id = synth.logical_id(synth.stack.functions.roles[function])
+        found: dict[str, set[str]] = {}
+        for statement in role_statements(synth, role_id):
+            for action in as_list(statement["Action"]):
+                found.setdefault(action, set()).add(json.dumps(statement["Resource"]))
+        return found
+
+    publisher = grants("publisher")
+    stream_dlq_id = synth.logical_id(synth.stack.messaging.dead_letter_queues["publisher-stream"])
+    # the queue, and the stream's on-failure destination (sent by the event source mapping, with this role)
+    assert publisher["sqs:SendMessage"] == {json.dumps({"Fn::GetAtt": [queue_id, "Arn"]}),
+                                            json.dumps({"Fn::GetAtt": [stream_dlq_id, "Arn"]})}
+    assert "sqs:ReceiveMessage" not in publisher and "sqs:DeleteMessage" not in publisher
+    assert publisher["events:PutEvents"] == {json.dumps({"Fn::GetAtt": [bus_id, "Arn"]})}
+    replay = grants("replay_events")
+    assert set(replay) == {"logs:CreateLogStream", "logs:PutLogEvents", "xray:PutTraceSegments",
+                           "xray:PutTelemetryRecords", "sqs:ReceiveMessage", "sqs:DeleteMessage",
+                           "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes", "events:PutEvents"}
+    for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"):
+        assert replay[action] == {json.dumps({"Fn::GetAtt": [queue_id, "Arn"]})}
+    assert replay["events:PutEvents"] == {json.dumps({"Fn::GetAtt": [bus_id, "Arn"]})}
+    # No trigger: an operator runs it after the alarm
+    mappings = synth.of_type("AWS::Lambda::EventSourceMapping").values()
+    replay_id = synth.logical_id(synth.stack.functions.functions["replay_events"])
+    assert not [m for m in mappings if m["Properties"]["FunctionName"] == {"Ref": replay_id}]
 
 
 # -- observability ----------------------------------------------------------------------------
@@ -531,6 +630,7 @@ def test_one_lambda_per_definition_python313_arm64_layers_tracing_logs(synth: Sy
         assert props["TracingConfig"] == {"Mode": "Active"}
         assert props["MemorySize"] == spec.memory_mb
         assert props["Timeout"] == spec.timeout_seconds
+        assert props["EphemeralStorage"] == {"Size": spec.ephemeral_storage_mb}  # the local host enforces both
         assert props["LoggingConfig"]["LogGroup"] == {"Ref": synth.logical_id(synth.stack.functions.log_groups[spec.name])}
         assert props.get("ReservedConcurrentExecutions") == synth.stack.config.reserved_concurrency.get(spec.name)
     for group in synth.of_type("AWS::Logs::LogGroup").values():
@@ -977,3 +1077,40 @@ def test_outputs_name_the_token_endpoint_and_the_server_clients(synth: Synth) ->
 def test_access_logs_name_the_caller_the_authorizer_verified(synth: Synth) -> None:
     stage = synth.resource(synth.stack.api.stage)["Properties"]
     assert '"user":"$context.authorizer.principalId"' in stage["AccessLogSetting"]["Format"]
+
+
+# -- issue 17: Idempotency-Key records ------------------------------------------------------------
+
+def test_the_idempotency_table_has_powertools_keys_ttl_and_the_data_key(synth: Synth) -> None:
+    spec = r.IDEMPOTENCY_TABLE
+    props = synth.resource(synth.stack.data.tables[spec.key])["Properties"]
+    # Powertools' DynamoDBPersistenceLayer defaults: partition key `id`, expiry `expiration` (TTL)
+    assert props["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert props["TimeToLiveSpecification"] == {"AttributeName": "expiration", "Enabled": True}
+    assert "StreamSpecification" not in props and "GlobalSecondaryIndexes" not in props
+    assert props["SSESpecification"]["SSEType"] == "KMS"
+
+
+def test_only_the_create_routes_functions_touch_the_idempotency_table_by_key(synth: Synth) -> None:
+    table_id = synth.logical_id(synth.stack.data.tables["idempotency"])
+    users = set()
+    for spec in r.FUNCTIONS:
+        role_id = synth.logical_id(synth.stack.functions.roles[spec.name])
+        actions = {a for s in role_statements(synth, role_id) if mentions(s["Resource"], table_id)
+                   for a in as_list(s["Action"])}
+        if actions:
+            users.add(spec.name)
+            # exactly what the persistence layer calls: single items by key, no Query, Scan or batch
+            assert actions == {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
+                               "dynamodb:DeleteItem"}, (spec.name, actions)
+    # POST /coupons (admin) and POST /campaigns/{id}/codes (jobs)
+    assert users == {"admin", "jobs"}
+    routes = {(rt.method, rt.path): f.name for f in r.FUNCTIONS for rt in f.routes}
+    assert {routes[("POST", "/coupons")], routes[("POST", "/campaigns/{campaign_id}/codes")]} == users
+
+
+def test_create_functions_get_the_idempotency_table_name(synth: Synth) -> None:
+    table_id = synth.logical_id(synth.stack.data.tables["idempotency"])
+    for name in ("admin", "jobs"):
+        env = synth.resource(synth.stack.functions.functions[name])["Properties"]["Environment"]["Variables"]
+        assert env["IDEMPOTENCY_TABLE"] == {"Ref": table_id}

@@ -117,9 +117,12 @@ def drain(provisioned: Any, queue: str) -> list[dict[str, Any]]:
             sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
 
 
+def results_text(provisioned: Any, key: str) -> str:
+    return str(aws.client("s3").get_object(Bucket=provisioned.buckets["imports"], Key=key)["Body"].read().decode())
+
+
 def results(provisioned: Any, key: str) -> list[list[str]]:
-    body = aws.client("s3").get_object(Bucket=provisioned.buckets["imports"], Key=key)["Body"].read().decode()
-    return list(csv.reader(io.StringIO(body)))
+    return list(csv.reader(io.StringIO(results_text(provisioned, key))))
 
 
 def campaign_count(campaign: str) -> int:
@@ -430,6 +433,30 @@ class TestImport:
         assert [r[1] for r in results(bulk, "results/moving.csv")[1:]] == ["created"]
         assert bulk_wiring.job_service().get(job_id_of(bulk, "incoming/moving.csv", second))["status"] == "succeeded"
         assert campaign_count("imp6") == 1
+
+    def test_a_file_without_a_header_keeps_its_codes_in_the_results_file_only(self, bulk: Any) -> None:
+        """Issue 17, finding 3: `unknown column "summer-25-vip"` was the job's error, its event's and
+        the marker's. The results file names the column; nothing else copies text from the file."""
+        from coupons.events import Change, to_event
+
+        codes = ["summer-25-vip", "AUTUMN-2025-GOLD", "winter_sale_99"]
+        body = f"{codes[0]},PERCENT,{codes[2]}\r\n{codes[1]},PERCENT,10\r\n".encode()
+        event = upload(bulk, "incoming/no-header.csv", body)
+        run_import(bulk, event)
+        (_, *rows) = results(bulk, "results/no-header.csv")
+        assert any('unknown column "summer-25-vip"' in r[3] for r in rows)  # the results file says which
+        marker = results_text(bulk, "results/no-header.csv.json")
+        job_id = json.loads(marker)["job_id"]
+        job = bulk_wiring.job_table().get(job_id)
+        assert job is not None and job["status"] == "failed" and "unknown column" in job["error"]
+        published = to_event(Change("e1", "MODIFY", "1", table="jobs", old={**job, "status": "running"}, new=job))
+        assert published is not None
+        view = bulk_wiring.job_service().get(job_id)
+        for where, text in [("job item", json.dumps(job, default=str)), ("event", published.detail_json()),
+                            ("marker", marker), ("GET /jobs", json.dumps(view))]:
+            flat = text.upper().replace("-", "")
+            for code in codes:
+                assert code.upper().replace("-", "") not in flat, (where, code, text)
 
 
 # --- generation ------------------------------------------------------------------------------------

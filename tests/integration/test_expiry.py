@@ -13,6 +13,7 @@ from coupons.adapters.event_bus import change_of
 from coupons.adapters.expiry_store import DynamoExpiryStore
 from coupons.clock import utcnow
 from coupons.models import CouponCreate, CouponUpdate
+from coupons.settings import get_settings
 from coupons_infra import resources as r
 from coupons_local.gateway import FunctionHost
 
@@ -130,8 +131,10 @@ def drain(queue_url: str) -> list[dict[str, Any]]:
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
 
 
-def test_the_publisher_function_puts_events_on_the_bus_and_reports_what_it_could_not(
+def test_the_publisher_function_puts_events_on_the_bus_and_parks_what_it_could_not(
         aws_env: Any, monkeypatch: Any) -> None:
+    monkeypatch.setenv("PUBLISH_RETRY_SECONDS", "0.2")  # refused events are retried this long (10 s by default)
+    get_settings.cache_clear()
     # Given committed changes on the coupons stream: a create, an edit, a pause and a delete
     coupon = create(code="STREAMED-1", discount_type="FIXED", discount_value=500, currency="USD")
     service = wiring.admin_service()
@@ -153,12 +156,13 @@ def test_the_publisher_function_puts_events_on_the_bus_and_reports_what_it_could
     assert got[1]["detail"]["changed"] == ["max_uses"] and got[2]["detail"]["changed"] == ["status"]
     assert "STREAMED" not in json.dumps(got)
 
-    # And when the bus refuses everything, every record from the first event on is reported for retry
+    # And when the bus refuses everything, every event is parked in the undelivered-events queue with
+    # its body and no record goes back to the stream (issue 17: before, they were retried, then skipped)
     monkeypatch.setattr(aws.client("events"), "put_events",  # the client the publisher holds
                         lambda **_: {"FailedEntryCount": 1, "Entries": [{"ErrorCode": "InternalFailure"}]})
     answer = host.invoke(publisher, {"Records": records})
-    first_event = next(i for i, rec in enumerate(records) if rec["eventName"] == "INSERT"
-                       and rec["dynamodb"]["Keys"]["pk"]["S"].startswith("CODE#"))
-    assert [f["itemIdentifier"] for f in answer["batchItemFailures"]] == [
-        rec["dynamodb"]["SequenceNumber"] for rec in records[first_event:]]
+    assert answer == {"batchItemFailures": []}
     assert drain(aws_env.event_queue_url) == []
+    parked = drain(aws_env.queues["undelivered-events"])
+    assert sorted(((m["detail_type"], json.loads(m["detail"])) for m in parked), key=str) == sorted(
+        ((e["detail-type"], e["detail"]) for e in got), key=str)

@@ -25,6 +25,7 @@ from coupons.bulk_import import (
     parse_record,
     plan_and_hash,
     plan_import,
+    public_error,
     result_lines,
     results_key,
     row_request,
@@ -117,6 +118,10 @@ class TestParseRecord:
 # --- header and rows ----------------------------------------------------------------------------
 
 
+def results_text(problems: FileProblems) -> str:
+    return "; ".join(message for _, message in problems.problems)
+
+
 class TestHeader:
     def test_names_are_trimmed_and_case_folded(self) -> None:
         assert parse_header(b" Code , DISCOUNT_VALUE,channels") == ["code", "discount_value", "channels"]
@@ -124,11 +129,32 @@ class TestHeader:
     def test_every_problem_is_named(self) -> None:
         with pytest.raises(FileProblems) as error:
             parse_header(b"code,colour,code,,percent")
-        text = str(error.value)
+        text = results_text(error.value)  # the results file's words
         assert 'unknown column "colour"' in text
         assert 'column "code" appears twice' in text
         assert "column 4 has no name" in text
         assert "missing required column discount_value" in text
+        # The job, its event and logs get the same problems without a word of the file (issue 17)
+        public = public_error(error.value.problems)
+        assert str(error.value) == public
+        assert "unknown column in position 2" in public and "positions 1 and 3" in public
+        assert "column 4 has no name" in public and "missing required column discount_value" in public
+        assert "colour" not in public and "percent" not in public
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.from_regex(r"[A-Za-z]{2,6}[-_]?[0-9]{2,4}[-_]?[A-Za-z0-9]{2,8}", fullmatch=True),
+                    min_size=1, max_size=12),
+           st.sampled_from(["", "PERCENT", "10", "web|pos", "2030-01-01T00:00:00Z"]))
+    def test_a_file_without_its_header_never_puts_a_code_in_the_public_error(self, codes: list[str],
+                                                                             other: str) -> None:
+        """Issue 17: a CSV uploaded without its header has codes where the column names go."""
+        first_row = ",".join(f"{code},{other}" for code in codes).encode()
+        with pytest.raises(FileProblems) as error:
+            plan_import([first_row + b"\r\nNEXT-ROW-0001,PERCENT,10\r\n"], range_bytes=1024)
+        public = public_error(error.value.problems).upper().replace("-", "").replace(" ", "")
+        for code in codes:
+            assert code.upper().replace("-", "") not in public
+        assert any(code.lower() in results_text(error.value) for code in codes)  # the results file says which
 
     def test_the_columns_are_exactly_the_fields_of_post_coupons(self) -> None:
         assert set(COLUMNS) == set(CouponCreate.model_fields)
@@ -244,7 +270,7 @@ class TestPlan:
         with pytest.raises(FileProblems) as error:
             plan_import(chunked(body, 4096), range_bytes=1024)
         assert error.value.problems[0][0] == row
-        assert words in str(error.value)
+        assert words in results_text(error.value)
 
 
 class TestContentHash:

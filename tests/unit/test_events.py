@@ -12,7 +12,8 @@ import pytest
 from botocore.exceptions import ClientError
 from coupons import events
 from coupons.adapters.event_bus import EventBus, change_of, table_of
-from coupons.events import Change, ContractEvent, publish_in_order, to_event
+from coupons.events import Change, ContractEvent, to_event
+from coupons.outbox import Parked, RetryPolicy, publish_batch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -228,17 +229,29 @@ def keys_of(value: Any) -> set[str]:
     return set()
 
 
-# --- publishing in order --------------------------------------------------------------------------
+# --- publishing a batch (issue 17: refused events are parked, not failed back to the stream) ------
 
 
-class FakePublisher:
-    def __init__(self, fail_detail_ids: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+class FakeBus:
+    def __init__(self, refuse_ids: set[str] = frozenset()) -> None:  # type: ignore[assignment]
         self.calls: list[list[str]] = []
-        self.fail = set(fail_detail_ids)
+        self.refuse = set(refuse_ids)
 
-    def put(self, batch: Sequence[ContractEvent]) -> set[int]:
+    def put(self, batch: Sequence[ContractEvent], *, budget_seconds: float | None = None) -> dict[int, str]:
         self.calls.append([e.detail["event_id"] for e in batch])
-        return {i for i, e in enumerate(batch) if e.detail["event_id"] in self.fail}
+        return {i: "ThrottlingException" for i, e in enumerate(batch) if e.detail["event_id"] in self.refuse}
+
+
+class FakeParking:
+    def __init__(self, accept: bool = True) -> None:
+        self.accept = accept
+        self.parked: list[Parked] = []
+
+    def park(self, items: Sequence[Parked]) -> set[int]:
+        if not self.accept:
+            return set(range(len(items)))
+        self.parked.extend(items)
+        return set()
 
 
 def stream(n: int) -> list[Change]:
@@ -252,26 +265,37 @@ def stream(n: int) -> list[Change]:
     return out
 
 
-def test_events_go_out_in_calls_of_ten_in_stream_order() -> None:
-    publisher = FakePublisher()
-    outcome = publish_in_order(stream(30), publisher)
-    assert [len(c) for c in publisher.calls] == [10, 10]
-    assert [x for c in publisher.calls for x in c] == [f"ev-{i}" for i in range(30) if i % 3 != 2]
-    assert (outcome.published, outcome.skipped, outcome.failed_sequence_numbers) == (20, 10, [])
+def test_events_go_out_in_stream_order() -> None:
+    bus = FakeBus()
+    outcome = publish_batch(stream(30), bus, FakeParking())
+    assert [x for c in bus.calls for x in c] == [f"ev-{i}" for i in range(30) if i % 3 != 2]
+    assert (outcome.published, outcome.skipped, outcome.parked, outcome.failed_sequence_numbers) == (20, 10, 0, [])
 
 
-def test_a_failed_event_fails_its_record_and_every_later_one_and_stops_publishing() -> None:
-    publisher = FakePublisher({"ev-4"})
-    outcome = publish_in_order(stream(30), publisher)
-    assert len(publisher.calls) == 1  # nothing after the failing call was attempted
+def test_a_refused_event_is_parked_with_its_full_entry_and_no_record_goes_back_to_the_stream() -> None:
+    # Before issue 17, the refused event failed its record and every later one, and publishing stopped.
+    bus, parking = FakeBus({"ev-4", "ev-13"}), FakeParking()
+    outcome = publish_batch(stream(30), bus, parking)
+    assert (outcome.published, outcome.parked, outcome.failed_sequence_numbers) == (18, 2, [])
+    assert outcome.reasons == {"ThrottlingException": 2}
+    assert [p.event_id for p in parking.parked] == ["ev-4", "ev-13"]
+    parked = parking.parked[0]
+    assert (parked.source, parked.detail_type, parked.sequence_number, parked.table) == (
+        "coupons", "CouponRedeemed", "4", "coupons")
+    assert parked.detail == to_event(stream(30)[4]).detail_json()  # type: ignore[union-attr]
+
+
+def test_an_event_neither_published_nor_parked_fails_its_record_and_every_later_one() -> None:
+    outcome = publish_batch(stream(30), FakeBus({"ev-4", "ev-13"}), FakeParking(accept=False))
     assert outcome.failed_sequence_numbers == [str(i) for i in range(4, 30)]
+    assert outcome.parked == 0
 
 
 def test_nothing_to_publish_makes_no_call() -> None:
-    publisher = FakePublisher()
+    bus = FakeBus()
     changes = [change("MODIFY", coupon(), coupon(redeemed_count=1), seq="1")]
-    assert publish_in_order(changes, publisher).failed_sequence_numbers == []
-    assert publisher.calls == []
+    assert publish_batch(changes, bus, FakeParking()).failed_sequence_numbers == []
+    assert bus.calls == []
 
 
 # --- the EventBridge adapter ----------------------------------------------------------------------
@@ -280,9 +304,10 @@ def test_nothing_to_publish_makes_no_call() -> None:
 class FakeEvents:
     """PutEvents that refuses the entries it is told to, a given number of times."""
 
-    def __init__(self, refuse: dict[str, int], raise_times: int = 0) -> None:
+    def __init__(self, refuse: dict[str, int], raise_times: int = 0, code: str = "ThrottlingException") -> None:
         self.refuse = dict(refuse)  # detail type -> how many more times to refuse it
         self.raise_times = raise_times
+        self.code = code
         self.calls: list[list[dict[str, Any]]] = []
 
     def put_events(self, Entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -290,7 +315,7 @@ class FakeEvents:
         self.calls.append(Entries)
         if self.raise_times:
             self.raise_times -= 1
-            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "PutEvents")
+            raise ClientError({"Error": {"Code": self.code, "Message": "slow down"}}, "PutEvents")
         results = []
         for entry in Entries:
             if self.refuse.get(entry["DetailType"], 0) > 0:
@@ -301,26 +326,73 @@ class FakeEvents:
         return {"FailedEntryCount": sum(1 for r in results if "ErrorCode" in r), "Entries": results}
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def fake_bus(client: FakeEvents, clock: FakeClock, **policy: Any) -> EventBus:
+    return EventBus(client, "coupons", policy=RetryPolicy(**policy), clock=clock, sleep=clock.sleep,
+                    jitter=lambda: 1.0)
+
+
 def typed(detail_type: str) -> ContractEvent:
     return ContractEvent(detail_type, {"coupon_id": "c"}, at=datetime(2026, 5, 1, tzinfo=UTC))
 
 
 def test_put_retries_only_the_refused_entries_and_reports_what_never_went_through() -> None:
-    client = FakeEvents({"B": 1, "C": 99})
-    bus = EventBus(client, "coupons", sleep=lambda _: None)
+    client, clock = FakeEvents({"B": 1, "C": 10_000}), FakeClock()
+    bus = fake_bus(client, clock, budget_seconds=10.0)
     batch = [typed("A")] * 11 + [typed("B"), typed("C")]
     failed = bus.put(batch)
-    assert failed == {12}
-    assert [len(c) for c in client.calls] == [10, 3, 2, 1]  # 10, then 3 (B and C refused), B+C, C
+    assert failed == {12: "InternalFailure"}
+    assert [len(c) for c in client.calls[:4]] == [10, 3, 2, 1]  # 10, then 3 (B and C refused), B+C, C...
+    assert all(len(c) == 1 for c in client.calls[3:])  # ...then C alone, until the budget ran out
+    assert 9.0 <= clock.now <= 10.0
     first = client.calls[0][0]
     assert first["Source"] == "coupons" and first["EventBusName"] == "coupons"
     assert json.loads(first["Detail"]) == {"coupon_id": "c"}
 
 
 def test_put_retries_a_throttled_call() -> None:
-    client = FakeEvents({}, raise_times=2)
-    assert EventBus(client, "coupons", sleep=lambda _: None).put([typed("A")]) == set()
+    client, clock = FakeEvents({}, raise_times=2), FakeClock()
+    assert fake_bus(client, clock).put([typed("A")]) == {}
     assert len(client.calls) == 3
+
+
+def test_a_throttle_longer_than_the_old_150_ms_of_retries_is_ridden_out_within_the_budget() -> None:
+    # Issue 17: the publisher gave up after 3 attempts in about 150 ms.
+    client, clock = FakeEvents({}, raise_times=8), FakeClock()
+    assert fake_bus(client, clock, budget_seconds=10.0).put([typed("A")] * 25) == {}
+    assert len(client.calls) == 8 + 3 and clock.now > 5
+
+
+def test_after_a_batch_gave_up_the_next_one_tries_briefly_and_the_rest_is_not_attempted() -> None:
+    client, clock = FakeEvents({}, raise_times=10_000), FakeClock()
+    bus = fake_bus(client, clock, budget_seconds=10.0, degraded_budget_seconds=1.0, cooldown_seconds=30.0)
+    first = bus.put([typed("A")] * 30)
+    assert first == dict.fromkeys(range(30), "ThrottlingException")
+    assert 9.0 <= clock.now <= 10.0 and bus.health.degraded()
+    calls, started = len(client.calls), clock.now
+    # the next batch: one short try of its first 10, the other 20 are parked without a call
+    assert bus.put([typed("A")] * 30) == dict.fromkeys(range(30), "ThrottlingException")
+    assert clock.now - started <= 1.0 and all(len(c) == 10 for c in client.calls[calls:])
+    # once the bus answers again, the bus is healthy again
+    client.raise_times = 0
+    assert bus.put([typed("A")] * 30) == {}
+    assert not bus.health.degraded()
+
+
+def test_a_request_eventbridge_will_never_take_is_not_retried() -> None:
+    client, clock = FakeEvents({}, raise_times=1, code="AccessDeniedException"), FakeClock()
+    assert fake_bus(client, clock).put([typed("A")] * 3) == dict.fromkeys(range(3), "AccessDeniedException")
+    assert len(client.calls) == 1
 
 
 def test_a_stream_record_in_lambda_shape_becomes_a_change() -> None:
@@ -362,3 +434,23 @@ def test_a_moto_stream_record_is_handed_on_in_lambda_s_shape() -> None:
     shaped = lambda_record(raw, "arn:aws:dynamodb:us-east-1:1:table/coupons/stream/x")
     assert shaped["eventSource"] == "aws:dynamodb" and shaped["eventSourceARN"].endswith("/stream/x")
     assert shaped["dynamodb"]["ApproximateCreationDateTime"] == int(datetime(2026, 5, 1, tzinfo=UTC).timestamp())
+
+
+# --- issue 17, 8b: a re-code names every field its PUT changed ----------------------------------------
+
+
+def test_a_recode_insert_names_every_field_the_edit_changed_and_the_previous_status() -> None:
+    moved = coupon(updated_at=T1, updated_by="admin-2", status="disabled", discount_value=20,
+                   edit_changed=["code", "discount_value", "status"], edit_previous_status="active")
+    event = only(to_event(change("INSERT", None, moved)))
+    assert event.detail_type == "CouponUpdated"
+    assert event.detail["changed"] == ["code", "discount_value", "status"]
+    assert event.detail["previous_status"] == "active"
+    assert "edit_changed" not in event.detail_json()
+
+
+def test_the_recode_note_is_bookkeeping_in_a_later_edit() -> None:
+    old = coupon(edit_changed=["code", "max_uses"])
+    new = coupon(max_uses=3, updated_at=T1)
+    new.pop("edit_changed", None)
+    assert only(to_event(change("MODIFY", old, new))).detail["changed"] == ["max_uses"]

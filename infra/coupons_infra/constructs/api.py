@@ -215,7 +215,7 @@ class Api(Construct):
             default_cors_preflight_options=apigw.CorsOptions(
                 allow_origins=list(config.web_origins),
                 allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
-                allow_headers=["Authorization", "Content-Type", "X-Api-Key"],
+                allow_headers=["Authorization", "Content-Type", "X-Api-Key", "Idempotency-Key"],
                 max_age=Duration.minutes(10),
             ),
         )

@@ -58,10 +58,12 @@ QUEUE_SEND = ["sqs:SendMessage"]  # SendMessageBatch is authorised as SendMessag
 QUEUE_CONSUME = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
                  "sqs:GetQueueAttributes"]
 CODE_KEY_ACTIONS = {"decrypt": "kms:Decrypt", "generate": "kms:GenerateDataKey", "encrypt": "kms:Encrypt"}
+TABLE_ITEMS = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"]
 TABLE_MODES = {"read": (TABLE_READ, TABLE_KEY_READ), "write": (TABLE_WRITE, TABLE_KEY_WRITE),
                "readwrite": (sorted({*TABLE_READ, *TABLE_WRITE}), TABLE_KEY_WRITE),
                "batchwrite": ([*TABLE_WRITE, "dynamodb:BatchWriteItem"], TABLE_KEY_WRITE),
-               "readbatchwrite": (sorted({*TABLE_READ, *TABLE_WRITE, "dynamodb:BatchWriteItem"}), TABLE_KEY_WRITE)}
+               "readbatchwrite": (sorted({*TABLE_READ, *TABLE_WRITE, "dynamodb:BatchWriteItem"}), TABLE_KEY_WRITE),
+               "items": (TABLE_ITEMS, TABLE_KEY_WRITE)}  # single items by key (the idempotency records)
 BUCKET_MODES: dict[str, tuple[list[str], list[str], bool]] = {  # object actions, key actions, list?
     "read": (S3_READ, S3_KEY_READ, True),
     "readversions": (S3_READ_VERSIONS, S3_KEY_READ, True),
@@ -198,6 +200,7 @@ class Functions(Construct):
             layers=[self.deps_layer, self.domain_layer],
             memory_size=spec.memory_mb,
             timeout=Duration.seconds(spec.timeout_seconds),
+            ephemeral_storage_size=cdk.Size.mebibytes(spec.ephemeral_storage_mb),
             environment=self.environment,
             role=role,
             log_group=log_group,

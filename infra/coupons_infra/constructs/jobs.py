@@ -54,7 +54,7 @@ class Messaging(Construct):
             self.queues[spec.key] = secure_queue(
                 self, f"{_camel(spec.key)}Queue",
                 visibility=Duration.seconds(visibility),
-                retention=Duration.days(4),
+                retention=Duration.days(getattr(spec, "retention_days", 4)),
                 dead_letter=sqs.DeadLetterQueue(queue=dlq, max_receive_count=spec.max_receive_count),
             )
 

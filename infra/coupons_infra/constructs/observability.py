@@ -19,6 +19,7 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from .. import resources as r
 from .config import StackConfig
 from .data import least_privilege_key_policy
 
@@ -39,7 +40,8 @@ def business_metric(name: str, statistic: str = "Sum") -> cloudwatch.Metric:
 
 class Observability(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, config: StackConfig, api: apigw.RestApi,
-                 functions: dict[str, lambda_.Function], dead_letter_queues: dict[str, sqs.Queue]) -> None:
+                 functions: dict[str, lambda_.Function], dead_letter_queues: dict[str, sqs.Queue],
+                 watched_queues: dict[str, sqs.Queue] | None = None) -> None:
         super().__init__(scope, construct_id)
         # CloudWatch alarms may publish to an encrypted topic only with a customer-managed key whose
         # policy lets the CloudWatch service use it: a key of its own, so the data key trusts no service.
@@ -69,6 +71,18 @@ class Observability(Construct):
             self._alarm(f"Dlq{_camel(name)}", queue.metric_approximate_number_of_messages_visible(
                 period=Duration.minutes(1), statistic="Maximum"), threshold=0, evaluation_periods=1,
                 description=f"Messages in the {name} dead-letter queue")
+        # Queues where any waiting message needs a person (undelivered events: replay them).
+        for name, queue in sorted((watched_queues or {}).items()):
+            self._alarm(f"Waiting{_camel(name)}", queue.metric_approximate_number_of_messages_visible(
+                period=Duration.minutes(1), statistic="Maximum"), threshold=0, evaluation_periods=1,
+                description=f"Messages waiting in the {name} queue (for undelivered events: run replay_events)")
+        # Stream consumers falling behind: records leave a stream after 24 hours.
+        stream_consumers = {f.name: functions[f.name] for f in r.FUNCTIONS if f.stream_of and f.name in functions}
+        for name, function in sorted(stream_consumers.items()):
+            self._alarm(f"IteratorAge{_camel(name)}", iterator_age(function), evaluation_periods=5, datapoints=5,
+                        threshold=r.STREAM_ITERATOR_AGE_ALARM_SECONDS * 1000,
+                        description=f"The {name} function is more than {r.STREAM_ITERATOR_AGE_ALARM_SECONDS} s "
+                                    "behind its streams")
         # Throttles: any function throttled is capacity a person must look at.
         for name, function in sorted(functions.items()):
             self._alarm(f"Throttles{_camel(name)}", function.metric_throttles(period=FIVE_MINUTES),
@@ -105,6 +119,14 @@ class Observability(Construct):
                                                                 label=n)
                 for n, q in sorted(dead_letter_queues.items())]),
         )
+        self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(title="Stream iterator age (ms)", left=[
+                iterator_age(f, label=n) for n, f in sorted(stream_consumers.items())]),
+            cloudwatch.GraphWidget(title="Undelivered events waiting", left=[
+                q.metric_approximate_number_of_messages_visible(period=Duration.minutes(1), statistic="Maximum",
+                                                                label=n)
+                for n, q in sorted((watched_queues or {}).items())]),
+        )
         self.dashboard.add_widgets(cloudwatch.AlarmStatusWidget(
             title="Alarms", alarms=list(self.alarms.values()), width=24))
 
@@ -123,6 +145,11 @@ class Observability(Construct):
         alarm.add_alarm_action(actions.SnsAction(self.topic))
         alarm.add_ok_action(actions.SnsAction(self.topic))
         self.alarms[name] = alarm
+
+
+def iterator_age(function: lambda_.Function, label: str | None = None) -> cloudwatch.Metric:
+    """How old the last record a stream event source handed the function was (Lambda's IteratorAge)."""
+    return function.metric("IteratorAge", period=Duration.minutes(1), statistic="Maximum", label=label)
 
 
 def _camel(name: str) -> str:

@@ -23,7 +23,10 @@ Flow (each step is one SQS message to the import function):
    A timed-out or crashed run resumes from the last checkpoint; rows redone after
    it find their own coupons (derived ids) and are reported as created again.
 4. The last range to finish assembles `results/<name>` (`row,status,coupon_id,error`,
-   rows in file order) from the work objects and moves the job to succeeded.
+   rows in file order) from the work objects and moves the job to succeeded: at once, or
+   part by part in parallel for a large file (coupons.bulk_import_finish, bulk_assembly).
+   A job given up (a message failing on its last receive; the watchdog, when it made no
+   progress) still gets the results of the rows it processed, then fails.
 
 Rows are numbered from 1 (the first record after the header); blank lines are
 skipped and not numbered; row 0 stands for the file itself (header, encoding).
@@ -65,6 +68,8 @@ from .adapters.bulk_store import (
     QueueSender,
 )
 from .admin import GENERATION_ATTEMPTS, AdminService
+from .bulk_import_finish import ASSEMBLE, GIVE_UP, ImportFinisher
+from .bulk_retry import is_transient
 from .clock import iso, utcnow
 from .codegen import generate_code
 from .codes import normalise
@@ -188,11 +193,43 @@ _INT = re.compile(r"^[+-]?\d{1,19}$")
 _DECIMAL = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d{1,3})?$")
 
 
+class Problem(str):
+    """A file problem as the results file words it, and `public`: the same said without any text read
+    from the file, for the job item, its BulkImportCompleted event (kept 365 days in the bus's archive)
+    and logs. A file without its header row has codes where the column names go (issue 17): names from
+    the file are quoted in the results file only."""
+
+    public: str
+
+    def __new__(cls, text: str, *, public: str) -> Problem:
+        problem = super().__new__(cls, text)
+        problem.public = public
+        return problem
+
+
+def _safe(text: str) -> Problem:
+    """A problem worded from constants and numbers only: the same text everywhere."""
+    return Problem(text, public=text)
+
+
+PUBLIC_FALLBACK = "file rejected, nothing imported (the results file says why)"
+
+
+def public_text(message: str) -> str:
+    """What a job, an event or a log may say about a problem: never a plain message (it may quote the file)."""
+    return message.public if isinstance(message, Problem) else PUBLIC_FALLBACK
+
+
+def public_error(problems: Iterable[tuple[int, str]]) -> str:
+    return "; ".join(dict.fromkeys(public_text(message) for _, message in problems))[:2000]
+
+
 class FileProblems(Exception):
-    """The file cannot be imported at all; nothing is written."""
+    """The file cannot be imported at all; nothing is written. Each problem is a row (0: the file or its
+    header) and a `Problem` (its results-file text, and its public text)."""
 
     def __init__(self, problems: list[tuple[int, str]]) -> None:
-        super().__init__("; ".join(message for _, message in problems))
+        super().__init__(public_error(problems))  # the exception's text may be logged: the public one
         self.problems = problems
 
 
@@ -204,21 +241,27 @@ def parse_header(data: bytes) -> list[str]:
     try:
         names = [n.strip().lower() for n in parse_record(data)]
     except ValueError as error:
-        raise FileProblems([(0, f"the header row is {error}")]) from None
+        public = "not valid UTF-8" if "UTF-8" in str(error) else "not one well-formed CSV row"
+        raise FileProblems([(0, Problem(f"the header row is {error}", public=f"the header row is {public}"))]) \
+            from None
     problems: list[tuple[int, str]] = []
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     for position, name in enumerate(names, start=1):
         if not name:
-            problems.append((0, f"column {position} has no name"))
+            problems.append((0, _safe(f"column {position} has no name")))
         elif name not in COLUMNS:
-            problems.append((0, f"unknown column {_shown(name)} (columns are the fields of POST /coupons:"
-                                f" {', '.join(COLUMNS)})"))
+            problems.append((0, Problem(
+                f"unknown column {_shown(name)} (columns are the fields of POST /coupons: {', '.join(COLUMNS)})",
+                public=f"unknown column in position {position}: not a field of POST /coupons"
+                       " (the results file names it; is the header row missing?)")))
         elif name in seen:
-            problems.append((0, f"column {_shown(name)} appears twice"))
-        seen.add(name)
+            problems.append((0, Problem(f"column {_shown(name)} appears twice",
+                                        public=f"the columns in positions {seen[name]} and {position} have"
+                                               " the same name")))
+        seen.setdefault(name, position)
     for required in REQUIRED_COLUMNS:
         if required not in seen:
-            problems.append((0, f"missing required column {required}"))
+            problems.append((0, _safe(f"missing required column {required}")))
     if problems:
         raise FileProblems(problems)
     return names
@@ -375,7 +418,7 @@ def _record_problem(error: RecordError, row: int) -> FileProblems:
         text = f"{where} is longer than {MAX_RECORD_BYTES // 1024} KiB (is a quote left open?)"
     else:
         text = f"{where} opens a quoted field that is never closed"
-    return FileProblems([(row, f"file rejected, nothing imported: {text}")])
+    return FileProblems([(row, _safe(f"file rejected, nothing imported: {text}"))])
 
 
 class ContentHash:
@@ -417,13 +460,14 @@ def plan_import(chunks: Iterable[bytes], range_bytes: int) -> ImportPlan:
     try:
         first = next(records, None)
         if first is None:
-            raise FileProblems([(0, "file rejected: the file is empty (expected a header row naming"
-                                    " coupon fields, e.g. code,discount_type,discount_value)")])
+            raise FileProblems([(0, _safe("file rejected: the file is empty (expected a header row naming"
+                                          " coupon fields, e.g. code,discount_type,discount_value)"))])
         try:
             plan = ImportPlan(parse_header(first.data))
         except FileProblems as problems:
-            raise FileProblems([(r, f"file rejected, nothing imported: {m}") for r, m in problems.problems]) \
-                from None
+            prefix = "file rejected, nothing imported: "
+            raise FileProblems([(r, Problem(prefix + m, public=prefix + public_text(m)))
+                                for r, m in problems.problems]) from None
         in_header = False
         start = first_row = end = 0
         open_range = False
@@ -432,8 +476,8 @@ def plan_import(chunks: Iterable[bytes], range_bytes: int) -> ImportPlan:
             try:
                 record.data.decode("utf-8")
             except UnicodeDecodeError:
-                raise FileProblems([(row, f"file rejected, nothing imported: row {row} is not valid UTF-8"
-                                          " (save the file as \"CSV UTF-8\")")]) from None
+                raise FileProblems([(row, _safe(f"file rejected, nothing imported: row {row} is not valid UTF-8"
+                                                " (save the file as \"CSV UTF-8\")"))]) from None
             if not open_range:
                 start, first_row, open_range = record.start, row, True
             end = record.end
@@ -446,7 +490,7 @@ def plan_import(chunks: Iterable[bytes], range_bytes: int) -> ImportPlan:
         raise _record_problem(error, 0 if in_header else row + 1) from None
     plan.rows = row
     if row == 0:
-        raise FileProblems([(0, "file rejected: the file has a header but no data rows")])
+        raise FileProblems([(0, _safe("file rejected: the file has a header but no data rows"))])
     return plan
 
 
@@ -494,12 +538,26 @@ class ImportService:
         self._settings = settings
         self._clock = clock
         self._code = code_source
+        self.finisher = ImportFinisher(objects=objects, jobs=jobs, queue=queue, settings=settings, clock=clock,
+                                       head=RESULT_HEADER, lines=result_lines, write_marker=self._write_marker)
 
     # --- messages ---
 
     def handle(self, message: dict[str, Any], *, remaining_ms: Remaining = lambda: 900_000,
                receive_count: int = 1) -> None:
-        """One SQS message: an S3 event notification, or a range of a planned import."""
+        """One SQS message: an S3 event notification, a range of a planned import, a part of its results
+        to assemble, or the watchdog's give-up."""
+        if message.get("type") in (ASSEMBLE, GIVE_UP):
+            job_id = str(message["job_id"])
+            try:
+                if message["type"] == ASSEMBLE:
+                    self.finisher.run_part(message)
+                else:
+                    self.finisher.resume(job_id)
+            except Exception as error:
+                self._give_up_if_last(job_id, receive_count, error)
+                raise
+            return
         if message.get("type") == "import-range":
             job_id = str(message["job_id"])
             try:
@@ -512,10 +570,11 @@ class ImportService:
             self.start(source, remaining_ms, receive_count)
 
     def _give_up_if_last(self, job_id: str, receive_count: int, error: Exception) -> None:
-        if receive_count >= MAX_RECEIVES:  # this message goes to the DLQ next: the job cannot finish
-            self._jobs.finish(job_id, "failed", {
-                "error": f"the import failed repeatedly ({type(error).__name__}); see the dead-letter queue",
-                "finished_at": self._now(), "updated_at": self._now()})
+        # This message goes to the DLQ next: the job cannot finish. Throttling is not a reason (it is
+        # resent with a long back-off: coupons.bulk_retry). The results so far are kept.
+        if receive_count >= MAX_RECEIVES and not is_transient(error):
+            self.finisher.give_up_safely(
+                job_id, f"the import failed repeatedly ({type(error).__name__}); see the dead-letter queue")
 
     def _now(self) -> str:
         return iso(self._clock())
@@ -585,7 +644,7 @@ class ImportService:
     def _fail_file(self, job: dict[str, Any], problems: list[tuple[int, str]]) -> None:
         body = RESULT_HEADER + result_lines((row, "rejected", "", message) for row, message in problems)
         self._objects.put(job["result_bucket"], job["result_key"], body, metadata={"job-id": job["job_id"]})
-        error = "; ".join(message for _, message in problems)[:2000]
+        error = public_error(problems)  # the results file quotes the file; the job and its event never do
         summary = {"job_id": job["job_id"], "status": "failed", "error": error, "source_key": job["source_key"],
                    "result_key": job["result_key"], "created": 0, "rejected": 0, "duplicates": 0}
         self._write_marker(job, summary)
@@ -597,8 +656,8 @@ class ImportService:
 
     def run_range(self, job_id: str, rng: ImportRange, remaining_ms: Remaining) -> None:
         job = self._jobs.get(job_id)
-        if job is None or job["status"] in TERMINAL:
-            return
+        if job is None or job["status"] in TERMINAL or job.get("failing"):
+            return  # finished, or given up: its results so far are being assembled
         name = f"R{rng.index:05d}"
         checkpoint = self._jobs.get_checkpoint(job_id, name) or {}
         if checkpoint.get("done"):
@@ -713,23 +772,7 @@ class ImportService:
         for row in pending:
             results[row] = ("rejected", "", "no free code could be generated; try again")
 
-    # --- the end ---
+    # --- the end: coupons.bulk_import_finish ---
 
     def maybe_finish(self, job_id: str) -> None:
-        """When every range is done: assemble results/<name> and mark the job succeeded."""
-        job = self._jobs.get(job_id)
-        if job is None or job["status"] in TERMINAL:
-            return
-        total_ranges = int(job.get("ranges_total", 0))
-        if total_ranges == 0 or int(job.get("ranges_done", 0)) < total_ranges:
-            return
-        bucket = job["result_bucket"]
-        parts = self._objects.keys(bucket, f"{WORK_PREFIX}{job_id}/")
-        self._objects.concatenate(bucket, job["result_key"], RESULT_HEADER, parts, metadata={"job-id": job_id})
-        summary = {"created": int(job.get("created", 0)), "rejected": int(job.get("rejected", 0)),
-                   "duplicates": int(job.get("duplicates", 0)), "result_key": job["result_key"]}
-        now = self._now()
-        self._write_marker(job, {"job_id": job_id, "status": "succeeded", "source_key": job["source_key"],
-                                 "total": int(job.get("total", 0)), **summary})
-        if self._jobs.finish(job_id, "succeeded", {"result": summary, "finished_at": now, "updated_at": now}):
-            self._objects.delete(bucket, parts)
+        self.finisher.maybe_finish(job_id)

@@ -8,6 +8,7 @@ from . import wiring
 from .adapters import aws
 from .adapters.bulk_store import BulkObjects, CouponBatchWriter, JobTable, QueueSender
 from .bulk_import import ImportService
+from .bulk_watchdog import JobWatchdog
 from .generation import GenerationService
 from .jobs import JobService
 from .settings import get_settings
@@ -47,6 +48,11 @@ def generation_service() -> GenerationService:
 
 
 @lru_cache(maxsize=1)
+def job_watchdog() -> JobWatchdog:
+    return JobWatchdog(jobs=job_table(), queue=queue_sender(), settings=get_settings())
+
+
+@lru_cache(maxsize=1)
 def presigner() -> BulkObjects:
     """S3 with Signature V4 for presigned URLs: objects under SSE-KMS refuse the older signature."""
     from botocore.config import Config
@@ -61,6 +67,6 @@ def job_service() -> JobService:
 
 def reset() -> None:
     for cached in (job_table, bulk_objects, batch_writer, queue_sender, import_service, generation_service,
-                   presigner, job_service):
+                   job_watchdog, presigner, job_service):
         cached.cache_clear()
     wiring.reset()

@@ -1,8 +1,8 @@
 """The outbox: committed table changes (DynamoDB stream records) become the contract's events.
 
 Pure logic, no AWS: `to_event` maps one change (old and new images, already
-deserialised) to zero or one event; `publish_in_order` hands the events of a
-stream batch to a publisher port and says which records must be retried.
+deserialised) to zero or one event; `coupons.outbox` publishes a stream batch's
+events, parks what the bus refuses and says which records must be retried.
 
 What maps to what (every other change publishes nothing):
 
@@ -30,10 +30,10 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 
 SOURCE = "coupons"
 
@@ -60,8 +60,14 @@ COUNTER_FIELDS = frozenset({
     "redeemed_count", "rolled_back_count", "last_redeemed_at", "shard_count", "shards",
     "hot", "hot_shards", "remaining_uses", "counter_version",
 })
+# What a re-code writes on the coupon's new item (issue 17, 8b): the stream shows the move as an
+# INSERT and a REMOVE on different keys (possibly in different shards), so the INSERT carries the
+# names of the fields the edit changed, and the status before it when that changed.
+RECODE_CHANGED = "edit_changed"
+RECODE_PREVIOUS_STATUS = "edit_previous_status"
 # Stored attributes that tell nothing new when they change along with a real edit.
-_EDIT_BOOKKEEPING = frozenset({"updated_at", "updated_by", "starts_epoch", "expires_epoch", "key_version"})
+_EDIT_BOOKKEEPING = frozenset({"updated_at", "updated_by", "starts_epoch", "expires_epoch", "key_version",
+                               RECODE_CHANGED, RECODE_PREVIOUS_STATUS})
 TERMINAL_JOB_STATUSES = frozenset({"succeeded", "failed"})
 MAX_RESULT_BYTES = 8 * 1024  # a job's `result` is passed on only while small (events are at most 256 KB)
 
@@ -141,11 +147,14 @@ def _coupon(change: Change) -> ContractEvent | None:
     if change.event_name == "INSERT":
         base = _pick(new, _COUPON_FIELDS)
         if new.get("created_at") and new.get("updated_at") and new["created_at"] != new["updated_at"]:
-            # A re-code moves the coupon to a new item: an edit, not a new coupon.
-            return ContractEvent(COUPON_UPDATED, {
-                "coupon_id": new.get("coupon_id"), **base, "changed": ["code"],
-                "actor": new.get("updated_by"), "updated_at": new.get("updated_at"),
-            })
+            # A re-code moves the coupon to a new item: an edit, not a new coupon. The item names
+            # every field the edit changed (an item written before it did: the code alone).
+            names = sorted({"code", *(str(n) for n in new.get(RECODE_CHANGED) or ())})
+            detail = {"coupon_id": new.get("coupon_id"), **base, "changed": names,
+                      "actor": new.get("updated_by"), "updated_at": new.get("updated_at")}
+            if "status" in names:
+                detail["previous_status"] = new.get(RECODE_PREVIOUS_STATUS)
+            return ContractEvent(COUPON_UPDATED, detail)
         return ContractEvent(COUPON_CREATED, {
             "coupon_id": new.get("coupon_id"), **base,
             "actor": new.get("created_by"), "created_at": new.get("created_at"),
@@ -162,7 +171,7 @@ def _coupon(change: Change) -> ContractEvent | None:
     meaningful = changed - COUNTER_FIELDS - _EDIT_BOOKKEEPING
     if not meaningful and not ({"updated_at", "updated_by"} & changed):
         return None  # counters only (a redemption or rollback), or a write that changed nothing
-    names = sorted({"code" if f in ("code_hash", "code_ct") else f for f in meaningful})
+    names = edited_fields(old, new)
     detail = {
         "coupon_id": new.get("coupon_id"), **_pick(new, _COUPON_FIELDS), "changed": names,
         "actor": new.get("updated_by"), "updated_at": new.get("updated_at"),
@@ -245,6 +254,15 @@ def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> set[str]:
     return {n for n in names if not n.startswith("gsi") and old.get(n) != new.get(n)}
 
 
+def edited_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The coupon fields an edit changed, by name (`code` for a new code, never its value).
+
+    The outbox names a MODIFY's fields with it, and the coupon store records it on a re-code's
+    new item, so both kinds of edit name their fields the same way."""
+    meaningful = changed_fields(old, new) - COUNTER_FIELDS - _EDIT_BOOKKEEPING
+    return sorted({"code" if f in ("code_hash", "code_ct") else f for f in meaningful})
+
+
 def _pick(image: Mapping[str, Any], names: Iterable[str], drop: Sequence[str] = ()) -> dict[str, Any]:
     return {n: image.get(n) for n in names if n not in drop}
 
@@ -280,58 +298,3 @@ def scrub(detail: Mapping[str, Any]) -> dict[str, Any]:
     result = clean(jsonable(detail))
     assert isinstance(result, dict)
     return result
-
-
-# --- publishing a stream batch ------------------------------------------------------------------
-
-
-class Publisher(Protocol):
-    def put(self, events: Sequence[ContractEvent]) -> set[int]:
-        """Publish; the indexes of the events that could not be published (after retries)."""
-        ...
-
-
-@dataclass
-class BatchOutcome:
-    published: int = 0
-    skipped: int = 0  # changes that publish nothing
-    failed_sequence_numbers: list[str] = field(default_factory=list)
-
-
-def publish_in_order(changes: Sequence[Change], publisher: Publisher, *, batch_size: int = 10) -> BatchOutcome:
-    """Publish the events of a stream batch in order, `batch_size` per call.
-
-    A stream shard is retried from its lowest failed sequence number, so once a
-    record cannot be published, it and every record after it are reported as
-    failed and nothing after it is attempted (no reordering; a retry may re-send
-    at most the events of the failed call, which carry the same `event_id`).
-    """
-    outcome = BatchOutcome()
-    pending: list[tuple[int, ContractEvent]] = []  # (position in changes, event)
-
-    def flush() -> int | None:
-        """Publish the pending events; the position of the first that failed, if any."""
-        if not pending:
-            return None
-        failed = publisher.put([event for _, event in pending])
-        first = min((pending[i][0] for i in failed), default=None)
-        outcome.published += len(pending) - len(failed)
-        pending.clear()
-        return first
-
-    first_failure: int | None = None
-    for position, change in enumerate(changes):
-        event = to_event(change)
-        if event is None:
-            outcome.skipped += 1
-            continue
-        pending.append((position, event))
-        if len(pending) == batch_size:
-            first_failure = flush()
-            if first_failure is not None:
-                break
-    if first_failure is None:
-        first_failure = flush()
-    if first_failure is not None:
-        outcome.failed_sequence_numbers = [c.sequence_number for c in changes[first_failure:]]
-    return outcome

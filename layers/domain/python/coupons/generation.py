@@ -11,13 +11,17 @@
    exports bucket (SSE-KMS), then commits its checkpoint and the job's progress in one
    transaction. Coupon ids are derived from (job, batch, position), so a redelivered
    batch finds what it wrote before (and reads those codes back) instead of writing twice.
-4. The batch that sees every batch done concatenates the work objects into
-   `exports/<campaign_id>/<job_id>.csv` (SSE-KMS) and moves the job to succeeded with
+4. The batch that sees every batch done assembles the work objects into
+   `exports/<campaign_id>/<job_id>.csv` (SSE-KMS; at once, or part by part in parallel when
+   large: coupons.bulk_assembly) and moves the job to succeeded with
    `{"export_bucket", "export_key", "created"}`; `GET /jobs/{id}` adds a presigned URL.
+5. A job given up (a message failing on its last receive; the watchdog, when it made no
+   progress) exports the codes it created all the same, then fails (its URL is presigned too).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from datetime import datetime
@@ -36,7 +40,9 @@ from .adapters.bulk_store import (
     QueueSender,
 )
 from .admin import AdminService
+from .bulk_assembly import Assembler, Assembly
 from .bulk_import import build_record, result_lines
+from .bulk_retry import is_transient
 from .clock import iso, utcnow
 from .codegen import DEFAULT_PATTERN, PatternError, check_pattern, generate_code
 from .crypto import CodeCipher
@@ -49,6 +55,9 @@ MAX_CODES_PER_JOB = 1_000_000
 COLLISION_ATTEMPTS = 8
 EXPORT_HEADER = b"code,coupon_id\r\n"
 WORK_PREFIX = "work/"
+ASSEMBLE = "generate-assemble"
+GIVE_UP = "generate-give-up"
+log = logging.getLogger(__name__)
 
 
 class GenerationRequest(BaseModel):
@@ -90,6 +99,7 @@ class GenerationService:
         self._settings = settings
         self._clock = clock
         self._code = code_source or (lambda pattern: generate_code(pattern))
+        self._assembler = Assembler(objects=objects, jobs=jobs, queue=queue, clock=clock)
 
     def _now(self) -> str:
         return iso(self._clock())
@@ -138,16 +148,24 @@ class GenerationService:
                 self.fan_out(job_id)
             elif message.get("type") == "generate-batch":
                 self.run_batch(job_id, int(message["batch"]), int(message["count"]))
+            elif message.get("type") == ASSEMBLE:
+                self._run_part(message)
+            elif message.get("type") == GIVE_UP:
+                self.resume(job_id)
         except Exception as error:
-            if receive_count >= MAX_RECEIVES:  # the message goes to the DLQ next: the job cannot finish
-                self._jobs.finish(job_id, "failed", {
-                    "error": f"a batch failed repeatedly ({type(error).__name__}); see the dead-letter queue",
-                    "finished_at": self._now(), "updated_at": self._now()})
+            # The message goes to the DLQ next: the job cannot finish. Throttling is not a reason (it is
+            # resent with a long back-off: coupons.bulk_retry). The codes created so far are exported.
+            if receive_count >= MAX_RECEIVES and not is_transient(error):
+                try:
+                    self.give_up(job_id, f"a batch failed repeatedly ({type(error).__name__}); see the"
+                                         " dead-letter queue")
+                except Exception:
+                    log.exception("giving up generation job %s failed; the watchdog will", job_id)
             raise
 
     def fan_out(self, job_id: str) -> None:
         job = self._jobs.get(job_id)
-        if job is None or job["status"] in TERMINAL:
+        if job is None or job["status"] in TERMINAL or job.get("failing"):
             return
         self._jobs.update(job_id, {"status": "running", "updated_at": self._now()})
         sizes = plan_batches(int(job["total"]), int(job["batch_size"]))
@@ -156,8 +174,8 @@ class GenerationService:
 
     def run_batch(self, job_id: str, index: int, count: int) -> None:
         job = self._jobs.get(job_id)
-        if job is None or job["status"] in TERMINAL:
-            return
+        if job is None or job["status"] in TERMINAL or job.get("failing"):
+            return  # finished, or given up: the codes created so far are being exported
         name = f"B{index:06d}"
         if self._jobs.get_checkpoint(job_id, name) is not None:
             self.maybe_finish(job_id)  # a redelivery after the commit
@@ -209,23 +227,55 @@ class GenerationService:
             return None  # deleted since: it cannot be exported any more
         return self._cipher().decrypt(item["code_ct"], item["coupon_id"], int(item["key_version"]))
 
-    def maybe_finish(self, job_id: str) -> None:
+    # --- the end: the export, assembled from the batches' work parts ---
+
+    def _active(self, job_id: str) -> dict[str, Any] | None:
         job = self._jobs.get(job_id)
-        if job is None or job["status"] in TERMINAL:
+        return None if job is None or job["status"] in TERMINAL else job
+
+    def _assembly(self, job: dict[str, Any]) -> Assembly:
+        return Assembly(bucket=self._settings.exports_bucket, prefix=f"{WORK_PREFIX}{job['job_id']}/",
+                        dest=f"exports/{job['campaign_id']}/{job['job_id']}.csv", head=EXPORT_HEADER,
+                        encrypt=True, metadata={"job-id": str(job["job_id"])})
+
+    def maybe_finish(self, job_id: str) -> None:
+        job = self._active(job_id)
+        if job is None or int(job.get("batches_done", 0)) < int(job.get("batches_total", 0)):
             return
-        if int(job.get("batches_done", 0)) < int(job.get("batches_total", 0)):
+        self._assemble(job)
+
+    def give_up(self, job_id: str, reason: str) -> None:
+        """Fail the job, exporting the codes it did create (they exist: only the export shows them)."""
+        if self._jobs.mark_failing(job_id, reason, self._now()):
+            self.resume(job_id)
+
+    def resume(self, job_id: str) -> None:
+        job = self._active(job_id)
+        if job is not None and job.get("failing"):
+            self._assemble(job)
+
+    def _assemble(self, job: dict[str, Any]) -> None:
+        if self._assembler.start(job, self._assembly(job), queue_url=self._settings.generation_queue_url,
+                                 message_type=ASSEMBLE):
+            self._complete(str(job["job_id"]))
+
+    def _run_part(self, message: dict[str, Any]) -> None:
+        job = self._active(str(message["job_id"]))
+        if job is not None and self._assembler.run_part(job, self._assembly(job), message):
+            self._complete(str(job["job_id"]))
+
+    def _complete(self, job_id: str) -> None:
+        job = self._active(job_id)
+        if job is None:
             return
-        bucket = self._settings.exports_bucket
-        parts = self._objects.keys(bucket, f"{WORK_PREFIX}{job_id}/")
-        export_key = f"exports/{job['campaign_id']}/{job_id}.csv"
-        self._objects.concatenate(bucket, export_key, EXPORT_HEADER, parts, encrypt=True,
-                                  metadata={"job-id": job_id})
+        assembly = self._assembly(job)
         created = int(job.get("created", 0))
-        result = {"export_bucket": bucket, "export_key": export_key, "created": created,
+        result = {"export_bucket": assembly.bucket, "export_key": assembly.dest, "created": created,
                   "campaign_id": job["campaign_id"]}
-        status = "succeeded" if created > 0 else "failed"
         values: dict[str, Any] = {"result": result, "finished_at": self._now(), "updated_at": self._now()}
-        if status == "failed":
+        if job.get("failing"):
+            values["error"] = str(job["failing"])
+        elif created == 0:
             values["error"] = "no code could be created"
-        if self._jobs.finish(job_id, status, values):
-            self._objects.delete(bucket, parts)
+        if self._jobs.finish(job_id, "failed" if "error" in values else "succeeded", values):
+            self._assembler.clean_up(assembly)

@@ -340,7 +340,7 @@ def build_app(*routers: Router) -> APIGatewayRestResolver:
     app = _Resolver(
         enable_validation=True,
         response_validation_error_http_code=500,
-        cors=CORSConfig(allow_origin="*", allow_headers=["Authorization", "Content-Type"], max_age=600),
+        cors=CORSConfig(allow_origin="*", allow_headers=["Authorization", "Content-Type", "Idempotency-Key"], max_age=600),
     )
 
     @app.exception_handler(RequestValidationError)

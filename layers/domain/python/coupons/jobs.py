@@ -7,7 +7,11 @@ the contract's job shape and the completion events need, and never a code:
     total, processed, failed, created, rejected, duplicates,
     campaign_id, created_by (the actor), source_key / result_key (imports),
     result (a small summary map), error (when failed), created_at, updated_at,
-    finished_at, ttl.
+    finished_at, ttl; while queued or running gsi1pk/gsi1sk (the active-jobs index the
+    watchdog reads); `failing` (a reason) once given up, while its partial results are
+    assembled; `assembly_upload` while a large result is assembled part by part.
+
+Errors and reasons are worded by this code, never copied from a file (issue 17).
 
 The events publisher turns the one transition to succeeded/failed into
 `BulkImportCompleted` / `BulkGenerationCompleted` (coupons/events.py).
@@ -36,6 +40,7 @@ JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 JOB_RETENTION = timedelta(days=90)
 # Attempts at one queue message before the job is given up as failed (the queue's maxReceiveCount).
 MAX_RECEIVES = 5
+ACTIVE_JOBS = "JOBS#ACTIVE"  # gsi1pk of every queued or running job (adapters.bulk_store.ACTIVE_PK)
 
 _ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 _ID_NAMESPACE = uuid.UUID("5b0e8a54-4c1f-4d55-9a53-7a3c0f1b2c61")
@@ -76,7 +81,10 @@ def new_job(job_id: str, kind: str, *, actor: str, now: datetime, **fields: Any)
     return {
         "job_id": job_id, "kind": kind, "status": "queued", "total": 0, "processed": 0, "failed": 0,
         "created": 0, "created_by": actor, "created_at": iso(now), "updated_at": iso(now),
-        "ttl": epoch(now + JOB_RETENTION), **fields,
+        "ttl": epoch(now + JOB_RETENTION),
+        # In the sparse active-jobs index while queued or running (the watchdog's list; finish removes it).
+        "gsi1pk": ACTIVE_JOBS, "gsi1sk": f"{iso(now)}#{job_id}",
+        **fields,
     }
 
 
@@ -115,7 +123,8 @@ def job_view(item: Mapping[str, Any], presign: Callable[[str, str], str] | None 
         result.update(stored)
     if item.get("error"):
         result["error"] = item["error"]
-    if presign and item.get("status") == "succeeded" and result.get("export_key") and result.get("export_bucket"):
+    # A failed job's export holds the codes it did create (issue 17): it is presigned as well.
+    if presign and item.get("status") in TERMINAL and result.get("export_key") and result.get("export_bucket"):
         result["export_url"] = presign(str(result["export_bucket"]), str(result["export_key"]))
     return {
         "job_id": item["job_id"], "kind": kind, "status": item["status"], "total": int(item.get("total", 0)),

@@ -30,9 +30,12 @@ ENV_NAMES: dict[str, str] = {
     "guards_table": "GUARDS_TABLE",
     "jobs_table": "JOBS_TABLE",
     "reports_table": "REPORTS_TABLE",
+    "idempotency_table": "IDEMPOTENCY_TABLE",
     "kms_key_id": "KMS_KEY_ID",
     "code_key_version": "CODE_KEY_VERSION",
     "event_bus_name": "EVENT_BUS_NAME",
+    "undelivered_events_queue_url": "UNDELIVERED_EVENTS_QUEUE_URL",
+    "publish_retry_seconds": "PUBLISH_RETRY_SECONDS",
     "imports_bucket": "IMPORTS_BUCKET",
     "exports_bucket": "EXPORTS_BUCKET",
     "reports_bucket": "REPORTS_BUCKET",
@@ -41,6 +44,7 @@ ENV_NAMES: dict[str, str] = {
     "import_range_bytes": "IMPORT_RANGE_BYTES",
     "import_checkpoint_rows": "IMPORT_CHECKPOINT_ROWS",
     "generation_batch_size": "GENERATION_BATCH_SIZE",
+    "job_stall_seconds": "JOB_STALL_SECONDS",
     "admin_group": "ADMIN_GROUP",
     "admin_issuer": "ADMIN_ISSUER",
     "admin_signin_url": "ADMIN_SIGNIN_URL",
@@ -75,9 +79,14 @@ class Settings(BaseModel):
     guards_table: str = "coupons-guards"
     jobs_table: str = "coupons-jobs"
     reports_table: str = "coupons-reports"  # kept per-day report aggregates
+    idempotency_table: str = "coupons-idempotency"  # Idempotency-Key records (issue 17)
     kms_key_id: str = "alias/coupons"
     code_key_version: int = Field(default=1, ge=1)
     event_bus_name: str = "coupons"
+    # Events (issue 17): how long the publisher retries refused events before it parks them in the
+    # undelivered-events queue (bounded by the Lambda's remaining time as well).
+    undelivered_events_queue_url: str = ""
+    publish_retry_seconds: float = Field(default=10.0, ge=0, le=300)
     imports_bucket: str = "coupons-imports"
     exports_bucket: str = "coupons-exports"
     reports_bucket: str = "coupons-reports"
@@ -88,6 +97,8 @@ class Settings(BaseModel):
     import_range_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     import_checkpoint_rows: int = Field(default=1000, ge=1, le=100_000)
     generation_batch_size: int = Field(default=1000, ge=1, le=10_000)
+    # The watchdog gives up a queued or running job whose progress stopped this long ago (issue 17).
+    job_stall_seconds: int = Field(default=7200, ge=1)
     admin_group: str = "coupon-admins"
     # The admin pool's issuer URL: only its ID tokens can be admins (issue 17). Empty: nobody is.
     admin_issuer: str = ""

@@ -26,21 +26,29 @@ Jobs (the jobs table)
     or concurrent duplicate never counts twice. Status moves to succeeded/failed
     exactly once (conditional update): that transition is what the events
     publisher turns into BulkImportCompleted / BulkGenerationCompleted.
+    While a job is queued or running its item is in the sparse index gsi1
+    (`gsi1pk=JOBS#ACTIVE`), which the watchdog reads; finishing removes it. A job
+    given up (`failing`, the reason) takes no more progress: its results so far are
+    assembled, then it fails.
+
+Objects and queues: adapters/bulk_objects.py (re-exported here).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
 
+from .bulk_objects import MULTIPART_PART_BYTES, BulkObjects, ObjectChanged, QueueSender
 from .coupon_store import OTHER_HASHES, code_pk, coupon_item, free_checks, id_pk
-from .dynamo import chunks, error_code, from_item, is_transient, key, to_item, to_value, translate
+from .dynamo import error_code, from_item, is_transient, key, to_item, to_value, translate
+
+__all__ = ["MULTIPART_PART_BYTES", "BulkObjects", "CouponBatchWriter", "JobTable", "ObjectChanged",
+           "PendingCoupon", "QueueSender", "WriteResult"]
 
 MAX_COUPONS_PER_TRANSACTION = 50  # 2 items each: TransactWriteItems takes at most 100
 MAX_TRANSACTION_ITEMS = 100
@@ -243,6 +251,9 @@ def job_pk(job_id: str) -> str:
 
 
 ACTIVE = ("queued", "running")
+ACTIVE_INDEX = "gsi1"  # sparse: only queued or running jobs carry its keys (coupons.jobs.new_job)
+ACTIVE_PK = "JOBS#ACTIVE"  # = coupons.jobs.ACTIVE_JOBS
+ACTIVE_KEYS = ("gsi1pk", "gsi1sk")
 
 
 class JobTable:
@@ -275,17 +286,22 @@ class JobTable:
             raise translate(error) from error
         return True
 
-    def update(self, job_id: str, values: Mapping[str, Any], *, only_if_active: bool = True) -> bool:
-        """SET attributes on a job; False when it has finished (or does not exist)."""
+    def update(self, job_id: str, values: Mapping[str, Any], *, only_if_active: bool = True,
+               remove: Sequence[str] = ()) -> bool:
+        """SET (and REMOVE) attributes of a job; False when it has finished (or does not exist)."""
         names, exprs, attr_values = _set_clause(values)
         condition = "attribute_exists(pk)"
         if only_if_active:
             condition += " AND #status IN (:queued, :running)"
             names["#status"] = "status"
             attr_values.update({":queued": to_value("queued"), ":running": to_value("running")})
+        expression = "SET " + ", ".join(exprs)
+        if remove:
+            names.update({f"#r{i}": name for i, name in enumerate(remove)})
+            expression += " REMOVE " + ", ".join(f"#r{i}" for i in range(len(remove)))
         try:
             self._db.update_item(TableName=self._table, Key=key(job_pk(job_id), "JOB"),
-                                 UpdateExpression="SET " + ", ".join(exprs), ConditionExpression=condition,
+                                 UpdateExpression=expression, ConditionExpression=condition,
                                  ExpressionAttributeNames=names, ExpressionAttributeValues=attr_values)
         except ClientError as error:
             if error_code(error) == "ConditionalCheckFailedException":
@@ -294,15 +310,104 @@ class JobTable:
         return True
 
     def finish(self, job_id: str, status: str, values: Mapping[str, Any]) -> bool:
-        """The one transition to succeeded/failed; False when another worker made it first."""
-        return self.update(job_id, {**values, "status": status}, only_if_active=True)
+        """The one transition to succeeded/failed (the job leaves the active index); False when another
+        worker made it first."""
+        return self.update(job_id, {**values, "status": status}, only_if_active=True, remove=ACTIVE_KEYS)
+
+    def mark_failing(self, job_id: str, reason: str, now: str, *, updated_at: str | None = None) -> bool:
+        """Give a job up: no more progress is taken (`commit` refuses) and its results so far are to be
+        assembled. Keeps the first reason; False when the job has finished (or, with `updated_at`, moved)."""
+        names = {"#f": "failing", "#u": "updated_at", "#status": "status"}
+        values = {":r": to_value(reason), ":now": to_value(now), ":queued": to_value("queued"),
+                  ":running": to_value("running")}
+        condition = "#status IN (:queued, :running)"
+        if updated_at is not None:
+            condition += " AND #u = :seen"
+            values[":seen"] = to_value(updated_at)
+        try:
+            self._db.update_item(TableName=self._table, Key=key(job_pk(job_id), "JOB"),
+                                 UpdateExpression="SET #f = if_not_exists(#f, :r), #u = :now",
+                                 ConditionExpression=condition, ExpressionAttributeNames=names,
+                                 ExpressionAttributeValues=values)
+        except ClientError as error:
+            if error_code(error) == "ConditionalCheckFailedException":
+                return False
+            raise translate(error) from error
+        return True
+
+    def claim(self, job_id: str, field: str, value: str) -> str | None:
+        """Set `field` unless it is set already; the value stored (ours or an earlier one), or None when
+        the job has finished."""
+        try:
+            answer = self._db.update_item(
+                TableName=self._table, Key=key(job_pk(job_id), "JOB"),
+                UpdateExpression="SET #f = if_not_exists(#f, :v)",
+                ConditionExpression="#status IN (:queued, :running)",
+                ExpressionAttributeNames={"#f": field, "#status": "status"},
+                ExpressionAttributeValues={":v": to_value(value), ":queued": to_value("queued"),
+                                           ":running": to_value("running")},
+                ReturnValues="ALL_NEW")  # (UPDATED_NEW may leave out a value the update did not change)
+        except ClientError as error:
+            if error_code(error) == "ConditionalCheckFailedException":
+                return None
+            raise translate(error) from error
+        stored = from_item(answer.get("Attributes")) or {}
+        return str(stored[field])
+
+    def active(self) -> Iterator[dict[str, Any]]:
+        """Every queued or running job, through the sparse active index (eventually consistent: read a
+        job again before acting on it)."""
+        request: dict[str, Any] = {
+            "TableName": self._table, "IndexName": ACTIVE_INDEX, "KeyConditionExpression": "gsi1pk = :a",
+            "ExpressionAttributeValues": {":a": to_value(ACTIVE_PK)}}
+        while True:
+            try:
+                page = self._db.query(**request)
+            except ClientError as error:
+                raise translate(error) from error
+            for item in page.get("Items", []):
+                found = from_item(item)
+                if found is not None:
+                    yield found
+            if not page.get("LastEvaluatedKey"):
+                return
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def put_checkpoint(self, job_id: str, name: str, state: Mapping[str, Any]) -> bool:
+        """A checkpoint written once; False when it exists already (a twin wrote it)."""
+        item = {**state, "pk": job_pk(job_id), "sk": f"CP#{name}", "entity": "checkpoint"}
+        try:
+            self._db.put_item(TableName=self._table, Item=to_item(item),
+                              ConditionExpression="attribute_not_exists(pk)")
+        except ClientError as error:
+            if error_code(error) == "ConditionalCheckFailedException":
+                return False
+            raise translate(error) from error
+        return True
+
+    def checkpoints(self, job_id: str, prefix: str) -> list[dict[str, Any]]:
+        """The job's checkpoints whose name starts with `prefix` (consistent reads), in name order."""
+        request: dict[str, Any] = {
+            "TableName": self._table, "ConsistentRead": True,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :sk)",
+            "ExpressionAttributeValues": {":pk": to_value(job_pk(job_id)), ":sk": to_value(f"CP#{prefix}")}}
+        found: list[dict[str, Any]] = []
+        while True:
+            try:
+                page = self._db.query(**request)
+            except ClientError as error:
+                raise translate(error) from error
+            found.extend(item for item in (from_item(i) for i in page.get("Items", [])) if item is not None)
+            if not page.get("LastEvaluatedKey"):
+                return found
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def commit(self, job_id: str, checkpoint: str, *, seq: int, state: Mapping[str, Any],
                add: Mapping[str, int], values: Mapping[str, Any]) -> bool:
         """Advance a checkpoint from `seq` to `seq + 1` and add its progress to the job, atomically.
 
         False when the checkpoint had moved on (a concurrent duplicate did this work) or the
-        job has finished: nothing was counted.
+        job has finished or was given up: nothing was counted.
         """
         cp_item = {**state, "pk": job_pk(job_id), "sk": f"CP#{checkpoint}", "entity": "checkpoint",
                    "seq": seq + 1}
@@ -321,7 +426,8 @@ class JobTable:
         attr_values.update({":queued": to_value("queued"), ":running": to_value("running")})
         expression = "SET " + ", ".join(exprs) + (" ADD " + ", ".join(adds) if adds else "")
         update = {"TableName": self._table, "Key": key(job_pk(job_id), "JOB"), "UpdateExpression": expression,
-                  "ConditionExpression": "#status IN (:queued, :running)",
+                  # a job given up takes no more progress: its results so far are being assembled
+                  "ConditionExpression": "#status IN (:queued, :running) AND attribute_not_exists(failing)",
                   "ExpressionAttributeNames": names, "ExpressionAttributeValues": attr_values}
         try:
             self._db.transact_write_items(TransactItems=[{"Put": put}, {"Update": update}])
@@ -345,155 +451,3 @@ def _set_clause(values: Mapping[str, Any]) -> tuple[dict[str, str], list[str], d
     return names, exprs, attr_values
 
 
-# --- objects ----------------------------------------------------------------------------------
-
-MULTIPART_PART_BYTES = 8 * 1024 * 1024  # S3 parts are at least 5 MB, but the last
-READ_CHUNK_BYTES = 256 * 1024
-
-
-class ObjectChanged(Exception):
-    """The object no longer has the ETag the job started from."""
-
-
-class BulkObjects:
-    """The S3 calls of the bulk features: ranged streaming reads, writes, concatenation, presigning."""
-
-    def __init__(self, s3: Any, *, kms_key_id: str | None = None) -> None:
-        self._s3 = s3
-        self._kms_key_id = kms_key_id
-
-    def _encryption(self, encrypt: bool) -> dict[str, str]:
-        if not encrypt:
-            return {}
-        extra = {"ServerSideEncryption": "aws:kms"}
-        if self._kms_key_id:
-            extra["SSEKMSKeyId"] = self._kms_key_id
-        return extra
-
-    def stream(self, bucket: str, key_name: str, *, etag: str | None = None, version_id: str | None = None,
-               start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        """The object's bytes [start, end) in chunks, never the whole object in memory."""
-        if end is not None and end <= start:
-            return
-        request: dict[str, Any] = {"Bucket": bucket, "Key": key_name}
-        if start or end is not None:
-            request["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
-        if etag:
-            request["IfMatch"] = f'"{etag.strip(chr(34))}"'
-        if version_id:
-            request["VersionId"] = version_id
-        try:
-            body = self._s3.get_object(**request)["Body"]
-        except ClientError as error:
-            if error_code(error) in ("PreconditionFailed", "412", "NoSuchKey", "NoSuchVersion"):
-                raise ObjectChanged(key_name) from error
-            raise
-        try:
-            yield from body.iter_chunks(READ_CHUNK_BYTES)
-        finally:
-            body.close()
-
-    def put(self, bucket: str, key_name: str, body: bytes, *, content_type: str = "text/csv",
-            metadata: Mapping[str, str] | None = None, encrypt: bool = False) -> None:
-        self._s3.put_object(Bucket=bucket, Key=key_name, Body=body, ContentType=content_type,
-                            Metadata=dict(metadata or {}), **self._encryption(encrypt))
-
-    def get_bytes(self, bucket: str, key_name: str) -> bytes:
-        return bytes(self._s3.get_object(Bucket=bucket, Key=key_name)["Body"].read())
-
-    def keys(self, bucket: str, prefix: str) -> list[str]:
-        """Every key under a prefix, in S3's (lexicographic) order."""
-        found: list[str] = []
-        paginator = self._s3.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-            found.extend(obj["Key"] for obj in page.get("Contents", []))
-        return found
-
-    def delete(self, bucket: str, keys: Iterable[str]) -> None:
-        for batch in chunks(keys, 1000):
-            self._s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
-
-    def concatenate(self, bucket: str, dest: str, head: bytes, sources: Iterable[str], *,
-                    source_bucket: str | None = None, content_type: str = "text/csv",
-                    metadata: Mapping[str, str] | None = None, encrypt: bool = False) -> int:
-        """Write head + every source object, in order, to dest; streaming, at most ~2 parts in memory.
-
-        Small results are one PutObject; larger ones a multipart upload of 8 MB parts. Returns
-        the number of bytes written.
-        """
-        buffer = bytearray(head)
-        upload_id: str | None = None
-        parts: list[dict[str, Any]] = []
-        written = 0
-        try:
-            for source in sources:
-                for chunk in self.stream(source_bucket or bucket, source):
-                    buffer += chunk
-                    if len(buffer) >= MULTIPART_PART_BYTES:
-                        if upload_id is None:
-                            upload_id = self._s3.create_multipart_upload(
-                                Bucket=bucket, Key=dest, ContentType=content_type, Metadata=dict(metadata or {}),
-                                **self._encryption(encrypt))["UploadId"]
-                        written += self._upload_part(bucket, dest, upload_id, parts, bytes(buffer))
-                        buffer.clear()
-            if upload_id is None:
-                self.put(bucket, dest, bytes(buffer), content_type=content_type, metadata=metadata,
-                         encrypt=encrypt)
-                return len(buffer)
-            if buffer:
-                written += self._upload_part(bucket, dest, upload_id, parts, bytes(buffer))
-            self._s3.complete_multipart_upload(Bucket=bucket, Key=dest, UploadId=upload_id,
-                                               MultipartUpload={"Parts": parts})
-            return written
-        except BaseException:
-            if upload_id is not None:
-                self._s3.abort_multipart_upload(Bucket=bucket, Key=dest, UploadId=upload_id)
-            raise
-
-    def _upload_part(self, bucket: str, dest: str, upload_id: str, parts: list[dict[str, Any]],
-                     data: bytes) -> int:
-        number = len(parts) + 1
-        etag = self._s3.upload_part(Bucket=bucket, Key=dest, UploadId=upload_id, PartNumber=number,
-                                    Body=data)["ETag"]
-        parts.append({"PartNumber": number, "ETag": etag})
-        return len(data)
-
-    def presign_get(self, bucket: str, key_name: str, *, expires_in: int = 3600) -> str:
-        return str(self._s3.generate_presigned_url(
-            "get_object", Params={"Bucket": bucket, "Key": key_name}, ExpiresIn=expires_in))
-
-
-# --- queues -----------------------------------------------------------------------------------
-
-
-class QueueSender:
-    def __init__(self, sqs: Any) -> None:
-        self._sqs = sqs
-
-    def retry_later(self, queue_url: str, receipt_handle: str, receive_count: int) -> None:
-        """A failed message comes back after 10, 20, 40... seconds (at most 15 minutes), not after the
-        queue's whole visibility timeout (sized for the longest run)."""
-        delay = min(900, 10 * 2 ** max(0, receive_count - 1))
-        with contextlib.suppress(ClientError):  # if not, it is back after the visibility timeout anyway
-            self._sqs.change_message_visibility(QueueUrl=queue_url, ReceiptHandle=receipt_handle,
-                                                VisibilityTimeout=delay)
-
-    def send(self, queue_url: str, messages: Iterable[Mapping[str, Any]]) -> int:
-        """Send JSON messages, ten per SendMessageBatch; retries the entries SQS refused."""
-        sent = 0
-        for batch in chunks(messages, 10):
-            entries = [{"Id": str(i), "MessageBody": json.dumps(m, separators=(",", ":"))}
-                       for i, m in enumerate(batch)]
-            for attempt in range(5):
-                response = self._sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
-                failed = {f["Id"] for f in response.get("Failed", [])}
-                sent += len(entries) - len(failed)
-                entries = [e for e in entries if e["Id"] in failed]
-                if not entries:
-                    break
-                time.sleep(0.1 * (2 ** attempt))
-            if entries:
-                from ..errors import TryAgain
-
-                raise TryAgain(retry_after=1)
-        return sent

@@ -26,6 +26,7 @@ from botocore.exceptions import ClientError
 
 from ..clock import epoch, iso, parse_iso
 from ..errors import CodeAlreadyExists, CouponNotFound, TryAgain
+from ..events import RECODE_CHANGED, RECODE_PREVIOUS_STATUS, edited_fields
 from .dynamo import Item, error_code, from_item, key, paged_query, to_item, to_value, translate
 
 EXPIRY_SHARDS = 4
@@ -276,6 +277,14 @@ class CouponStore:
         counted = "redeemed_count = :count" if int(old.get("redeemed_count") or 0) else \
             "(attribute_not_exists(redeemed_count) OR redeemed_count = :count)"
         item = coupon_item({**new, "version": seen + 1})
+        # The stream shows the move as an INSERT without the old image: name the edit's fields on
+        # the new item, so its CouponUpdated lists them all (issue 17, 8b). A note left by an
+        # earlier re-code is replaced.
+        for name in (RECODE_CHANGED, RECODE_PREVIOUS_STATUS):
+            item.pop(name, None)
+        item[RECODE_CHANGED] = edited_fields(coupon_item(old), item)
+        if old.get("status") != new.get("status"):
+            item[RECODE_PREVIOUS_STATUS] = old.get("status")
         self._transact([
             {"Delete": {"TableName": self._table, "Key": key(code_pk(old["code_hash"]), "COUPON"),
                         "ConditionExpression": f"attribute_exists(pk) AND {guard} AND {counted}",

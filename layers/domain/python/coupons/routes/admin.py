@@ -10,9 +10,10 @@ from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 
 from ..adapters.report_store import default_source
 from ..http import metrics, require_admin
+from ..idempotency import IdempotencyKeyHeader, once
 from ..models import CouponCreate, CouponPage, CouponUpdate, CouponView
 from ..reports import coupon_usage
-from ..wiring import admin_service
+from ..wiring import admin_service, cipher
 from .ids import CouponIdParam
 from .ids import coupon_id as well_formed
 
@@ -23,14 +24,25 @@ _ERRORS: dict[int, Any] = {400: {"description": "VALIDATION_ERROR"}, 401: {"desc
 
 
 @router.post("/coupons", summary="Create a coupon", tags=["admin"],
+             description="Safe to retry with an `Idempotency-Key` header: the same key and body within 24 "
+                         "hours returns the first answer and creates nothing again.",
              responses={201: {"description": "The coupon",
                               "content": {"application/json": {"model": CouponView}}},
-                        409: {"description": "CODE_ALREADY_EXISTS"}, **_ERRORS})
-def create_coupon(body: Annotated[CouponCreate, Body()]) -> Response[CouponView]:
+                        409: {"description": "CODE_ALREADY_EXISTS; IDEMPOTENCY_CONFLICT (the key was used "
+                                             "with another body)"},
+                        503: {"description": "TRY_AGAIN (a request with this Idempotency-Key is in progress)"},
+                        **_ERRORS})
+def create_coupon(body: Annotated[CouponCreate, Body()],
+                  idempotency_key: IdempotencyKeyHeader = None) -> Response[CouponView]:
     who = require_admin(router)
-    view = admin_service().create(body, who.user_id)
-    metrics.add_metric(name="CouponsCreated", unit="Count", value=1)
-    return Response(status_code=201, content_type="application/json", body=CouponView.model_validate(view))
+
+    def create() -> Response[CouponView]:
+        view = admin_service().create(body, who.user_id)
+        metrics.add_metric(name="CouponsCreated", unit="Count", value=1)
+        return Response(status_code=201, content_type="application/json", body=CouponView.model_validate(view))
+
+    # The answer carries the code: its stored copy is sealed with the keyring (issue 17).
+    return once(router, caller=who.user_id, key=idempotency_key, produce=create, sealer=cipher)
 
 
 @router.get("/coupons", summary="List coupons", tags=["admin"], responses=_ERRORS)
