@@ -76,6 +76,8 @@ def codes_in(value: Any) -> list[str]:
     found: list[str] = []
     if isinstance(value, dict):
         for key, inner in value.items():
+            if key == "error" and isinstance(inner, dict):
+                continue  # the error envelope's `code` is ours (TRY_AGAIN, ...), logged by design
             if key == "code" and isinstance(inner, str):
                 found.append(inner)
             elif key == "codes" and isinstance(inner, list):

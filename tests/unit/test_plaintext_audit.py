@@ -48,3 +48,9 @@ def test_the_serve_banner_is_not_a_log_but_what_follows_is() -> None:
     logs = served_logs(output)
     assert "welcome10" not in logs and "starting" in logs
     assert plaintext_hits({"WELCOME10"}, [("logs", logs)])
+
+
+def test_the_error_envelopes_code_is_not_a_coupon_code() -> None:
+    # A 503's {"error": {"code": "TRY_AGAIN"}} is logged as a warning by design: not a code to look for.
+    assert codes_in({"error": {"code": "TRY_AGAIN", "message": "…"}}) == []
+    assert codes_in({"error": "x", "items": [{"code": "SUMMER-2026"}]}) == ["SUMMER-2026"]
