@@ -108,8 +108,15 @@ def event(method: str, path: str, body: Any, user: str, resource: str | None = N
         "requestContext": {"resourcePath": resource or path, "httpMethod": method, "stage": "bench",
                            "requestId": uuid.uuid4().hex,
                            "identity": {"sourceIp": ip, "userAgent": "bench"},
-                           "authorizer": {"claims": {"sub": user}}},
+                           "authorizer": {"token_use": "id", "sub": user, "exp": str(int(time.time()) + 3600)}},
     }
+
+
+def as_server(built: dict[str, Any]) -> dict[str, Any]:
+    """The same event from a shop backend (issue 12: rolling back is the shop's call)."""
+    built["requestContext"]["authorizer"] = {"token_use": "access", "client_id": "shop-backend",
+                                             "scope": "coupons/checkout", "exp": str(int(time.time()) + 3600)}
+    return built
 
 
 class Recorder:
@@ -204,9 +211,9 @@ def calls_and_cpu(samples: int = 60) -> tuple[dict[str, object], dict[str, Any]]
         "POST", "/redemptions", {**redeem_event, "order_id": "o-calls"}, "r-calls"), 200)
     rid = json.loads(redeem(event("POST", "/redemptions", {**redeem_event, "order_id": "o-rb"}, "rb"),
                             Context())["body"])["redemption_id"]
-    rollback_calls, _ = one("rollback", redeem, lambda i: event(
+    rollback_calls, _ = one("rollback", redeem, lambda i: as_server(event(
         "POST", f"/redemptions/{rid}/rollback", None, "rb", "/redemptions/{redemption_id}/rollback",
-        {"redemption_id": rid}), 200)
+        {"redemption_id": rid})), 200)
 
     # CPU: the handler, against a bare handler making the same boto3 calls with the same parameters.
     client = aws.client("dynamodb")

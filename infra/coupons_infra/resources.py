@@ -6,6 +6,7 @@ queues and bus from it, and serves the same routes with the same environment.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,6 +181,13 @@ DAILY_REPORT_SCHEDULE = Schedule("daily-report", "0 1 * * ? *", 86400,
 JOB_WATCHDOG_SCHEDULE = Schedule("job-watchdog", "0/10 * * * ? *", 600,
                                  "Every 10 minutes: bulk jobs with no progress for JOB_STALL_SECONDS are given up")
 
+# The API's TOKEN authorizer (issue 12): the function below, the header API Gateway hands it (only if it
+# matches this expression: a bearer JWT, else 401 at once), and how long its answer is cached per token.
+AUTHORIZER = "authorizer"
+AUTHORIZATION_HEADER_REGEX = r"^[Bb][Ee][Aa][Rr][Ee][Rr] [A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$"
+AUTHORIZATION_PATTERN = re.compile(AUTHORIZATION_HEADER_REGEX)
+AUTHORIZER_CACHE_SECONDS = 300
+
 READ, WRITE, READWRITE = "read", "write", "readwrite"
 BATCHWRITE, READBATCHWRITE = "batchwrite", "readbatchwrite"  # writes that include BatchWriteItem
 ITEMS = "items"  # GetItem, PutItem, UpdateItem, DeleteItem by key: what Powertools' idempotency layer calls
@@ -211,16 +219,24 @@ FUNCTIONS: tuple[Function, ...] = (
     ),
     Function(
         name="redeem",
-        description="Checkout: redeem, read and roll back redemptions; a coupon's redemptions (admin)",
+        description="Checkout: redeem, read and roll back redemptions; a customer's and a coupon's redemptions",
         reserved_concurrency=200,  # issue 17, 8c: redemptions keep this capacity whatever else runs
         routes=(
             Route("POST", "/redemptions"),
             Route("GET", "/redemptions/{redemption_id}"),
             Route("POST", "/redemptions/{redemption_id}/rollback"),
             Route("GET", "/coupons/{coupon_id}/redemptions"),
+            Route("GET", "/me/redemptions"),  # issue 12: a customer's own history
         ),
         grants=(("table", "coupons", READWRITE), ("table", "guards", READWRITE), ("key", "kms", "decrypt"),
-                ("index", "coupons", "gsi1")),  # a coupon's redemptions
+                ("index", "coupons", "gsi1"),  # a coupon's redemptions
+                ("index", "coupons", "gsi2")),  # a customer's redemptions (GET /me/redemptions, issue 12)
+    ),
+    Function(
+        name=AUTHORIZER,
+        description="API Gateway TOKEN authorizer: Cognito ID tokens (people) and access tokens (servers)",
+        memory_mb=256,
+        timeout_seconds=10,  # a cold start fetches the pools' JWKS (a few hundred ms)
     ),
     Function(
         name="openapi",
@@ -355,6 +371,7 @@ SEED_OPTIONS = {
     for key in (
         "coupon_id_format", "default_expiration_days", "max_discount_per_user", "discount_type",
         "allowed_domains", "failed_attempts_per_user", "failed_attempts_per_ip", "failed_attempt_window_seconds",
+        "failed_attempts_per_client",  # issue 12: a server client's failed guesses
         # Key rotation: raise it (`cdk deploy -c code_key_version=2`) and every function seals new codes
         # under the new version while every older one stays live (coupons/crypto.py).
         "code_key_version",

@@ -75,6 +75,14 @@ class CouponsStack(Stack):
         CfnOutput(self, "AdminSignInUrl", value=admins.signin_url,
                   description="The admin pool's managed login domain")
         CfnOutput(self, "AdminConsoleUrl", value=api.console_url, description="The admin console")
+        servers = api.server_clients  # issue 12: client credentials for shop backends, POS terminals, a CRM
+        CfnOutput(self, "ServerTokenUrl", value=servers.token_url,
+                  description="Token endpoint of the server clients (OAuth client-credentials grant)")
+        for name, client in servers.clients.items():
+            ident = "".join(part.title() for part in name.split("-"))
+            CfnOutput(self, f"{ident}ServerClientId", value=client.user_pool_client_id,
+                      description=f"App client of the {name} server (secret: aws cognito-idp "
+                                  "describe-user-pool-client)")
         for channel, api_key in api.api_keys.items():
             CfnOutput(self, f"{channel.title()}ApiKeyId", value=api_key.key_id,
                       description=f"API key id of the {channel} usage plan (value: aws apigateway get-api-key)")

@@ -40,7 +40,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _try_it(url: str, admin: str, customer: str) -> str:
     return f"""
-Try it (tokens are valid for 7 days; make more with: .venv/bin/coupons-local token --user alice [--admin]):
+Try it (tokens are valid for 7 days; make more with: .venv/bin/coupons-local token --user alice [--admin],
+a server's with: .venv/bin/coupons-local token --client shop-backend [--scope coupons/checkout]):
 
   export API={url}
   export ADMIN={admin}
@@ -61,6 +62,14 @@ Stop with Ctrl-C.""".rstrip()
 
 
 def _token(args: argparse.Namespace) -> int:
+    if args.client is not None:
+        if args.email or args.admin or args.email_unverified:
+            raise SystemExit("--client makes a server's access token: --email, --email-unverified and --admin "
+                             "are for people (--user)")
+        print(tokens.issue_access(args.client, scopes=args.scope or [tokens.DEFAULT_SCOPE]))
+        return 0
+    if args.scope:
+        raise SystemExit("--scope is for servers' tokens (--client)")
     for user in args.user:
         print(tokens.issue(user, email=args.email, admin=args.admin, email_verified=not args.email_unverified))
     return 0
@@ -125,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.set_defaults(func=_serve)
 
     token = commands.add_parser("token", help="print a bearer token any local stack of this checkout accepts")
-    token.add_argument("--user", action="append", required=True)
+    who = token.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", action="append", help="a person's ID token (repeat for one token per user)")
+    who.add_argument("--client", help="a server's access token (client credentials), e.g. shop-backend")
+    token.add_argument("--scope", action="append", choices=tokens.SCOPES,
+                       help=f"a server token's scope (repeatable; default {tokens.DEFAULT_SCOPE})")
     token.add_argument("--email")
     token.add_argument("--email-unverified", action="store_true",
                        help="the email is not verified (the service then ignores it, as on Cognito)")

@@ -1,8 +1,11 @@
 """A real HTTP server that behaves like the REST API: routes, authorizer, proxy events.
 
-Each request becomes an API Gateway REST proxy event with the verified token's
-claims in `requestContext.authorizer.claims`, and goes to the same
-`lambda_handler` Lambda would call, loaded from `functions/<name>/handler.py`.
+Each request's bearer token goes to the same TOKEN authorizer function API Gateway calls
+on AWS (`functions/authorizer`), whose answer is cached by token for as long as API
+Gateway caches it; the request then becomes an API Gateway REST proxy event with the
+authorizer's context in `requestContext.authorizer` (values as strings, with
+`principalId`, as API Gateway passes them) and goes to the same `lambda_handler` Lambda
+would call, loaded from `functions/<name>/handler.py`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from . import calllog, tokens
+from . import calllog
 from .limits import FunctionError, Limits
 
 MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
@@ -121,10 +124,52 @@ def _rule_path(path: str) -> str:
     return re.sub(r"\{(\w+)\}", r"<\1>", path)
 
 
+class TokenAuthorizer:
+    """API Gateway's TOKEN authorizer: the authorizer function, its answers cached by token."""
+
+    def __init__(self, host: FunctionHost, ttl_seconds: int = r.AUTHORIZER_CACHE_SECONDS) -> None:
+        self.host = host
+        self.ttl = ttl_seconds
+        self._cache: dict[str, tuple[float, dict[str, str] | None]] = {}
+        self._lock = threading.Lock()
+
+    def context(self, header: str) -> dict[str, str] | None:
+        """The request context's `authorizer` for this Authorization header; None: 401."""
+        if not r.AUTHORIZATION_PATTERN.fullmatch(header):  # API Gateway's validation expression
+            return None
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(header)
+        if cached is not None and now - cached[0] < self.ttl:
+            return cached[1]
+        started = time.monotonic()
+        event = {"type": "TOKEN", "authorizationToken": header,
+                 "methodArn": "arn:aws:execute-api:us-east-1:123456789012:local/local/GET/"}
+        try:
+            answer = self.host.invoke(r.function(r.AUTHORIZER), event)
+        except Exception as error:
+            if str(error) != "Unauthorized":
+                raise  # an authorizer failure: answered 503 like API Gateway's AUTHORIZER_FAILURE here
+            result: dict[str, str] | None = None
+        else:
+            allowed = all(s.get("Effect") == "Allow" for s in answer["policyDocument"]["Statement"])
+            result = {k: json.dumps(v) if isinstance(v, bool) else str(v)
+                      for k, v in (answer.get("context") or {}).items()} if allowed else None
+            if result is not None:
+                result["principalId"] = str(answer["principalId"])
+                result["integrationLatency"] = str(int((time.monotonic() - started) * 1000))
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[header] = (now, result)
+        return result
+
+
 class Gateway:
     def __init__(self, host: FunctionHost, control: dict[str, Callable[[dict[str, Any]], Any]],
                  control_secret: str) -> None:
         self.host = host
+        self.authorizer = TokenAuthorizer(host)
         self.control = control
         self.control_secret = control_secret
         rules = []
@@ -161,17 +206,16 @@ class Gateway:
         body = request.get_data(cache=False)
         if len(body) > MAX_BODY_BYTES:
             return envelope(413, "VALIDATION_ERROR", "The request body is larger than 10 MB.")
-        claims: dict[str, str] | None = None
+        authorizer: dict[str, str] | None = None
         if not route.public:
-            auth = request.headers.get("Authorization", "")
-            scheme, _, token = auth.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                return envelope(401, "UNAUTHENTICATED", "A valid bearer token is required.")
             try:
-                claims = tokens.authorizer_claims(tokens.verify(token.strip()))
-            except tokens.InvalidToken:
+                authorizer = self.authorizer.context(request.headers.get("Authorization", ""))
+            except Exception:
+                return envelope(503, "TRY_AGAIN", "The service could not check the token; try again.",
+                                {"Retry-After": "1"})
+            if authorizer is None:
                 return envelope(401, "UNAUTHENTICATED", "A valid bearer token is required.")
-        event = self._event(request, route, args, body, claims)
+        event = self._event(request, route, args, body, authorizer)
         try:
             result = self.host.invoke(function, event)
         except FunctionError as error:  # as API Gateway answers a timed-out or oversized Lambda answer
@@ -179,7 +223,7 @@ class Gateway:
         return self._response(result)
 
     def _event(self, request: Request, route: r.Route, args: Any, body: bytes,
-               claims: dict[str, str] | None) -> dict[str, Any]:
+               authorizer: dict[str, str] | None) -> dict[str, Any]:
         try:
             text: str | None = body.decode("utf-8") if body else None
             encoded = False
@@ -213,7 +257,7 @@ class Gateway:
                     "sourceIp": request.remote_addr or "127.0.0.1",
                     "userAgent": request.headers.get("User-Agent", ""),
                 },
-                "authorizer": {"claims": claims} if claims is not None else None,
+                "authorizer": authorizer,
             },
             "body": text,
             "isBase64Encoded": encoded,

@@ -9,7 +9,7 @@ from typing import Any
 import boto3
 from coupons_infra import resources as r
 
-from .tokens import ADMIN_ISSUER
+from .tokens import ADMIN_ISSUER, authorizer_environment
 
 
 @dataclass
@@ -125,4 +125,5 @@ def function_environment(provisioned: Provisioned, config: dict[str, str]) -> di
         "POWERTOOLS_LOG_LEVEL": env.get("POWERTOOLS_LOG_LEVEL", "WARNING"),
         "ADMIN_ISSUER": ADMIN_ISSUER,  # on AWS: the admin pool's issuer URL
     })
+    env.update(authorizer_environment())  # the token authorizer's pools, clients and (local) JWKS
     return env

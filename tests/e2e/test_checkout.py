@@ -19,6 +19,7 @@ from checkout_helpers import (
     validate,
 )
 from conftest import LocalStack, unique
+from coupons_local import tokens
 
 pytestmark = pytest.mark.e2e
 
@@ -160,12 +161,15 @@ def test_rollback_gives_the_use_back_once_and_shows_the_redemption_rolled_back(s
     done = redeem(stack, token, code, "o-1").body
     rid = done["redemption_id"]
     assert validate(stack, customer(), code).error_code == "COUPON_EXHAUSTED"
-    rolled = stack.request("POST", f"/redemptions/{rid}/rollback", token=token)
+    # Issue 12: the shop rolls back (a refund), not the shopper
+    assert stack.request("POST", f"/redemptions/{rid}/rollback", token=token).status == 403
+    shop = tokens.issue_access("shop-backend")
+    rolled = stack.request("POST", f"/redemptions/{rid}/rollback", token=shop)
     assert rolled.status == 200
     assert rolled.body["status"] == "rolled_back" and rolled.body["rolled_back_at"]
     assert {k: v for k, v in rolled.body.items() if k not in ("status", "rolled_back_at")} == \
         {k: v for k, v in done.items() if k not in ("status", "rolled_back_at")}
-    assert stack.request("POST", f"/redemptions/{rid}/rollback", token=token).body == rolled.body
+    assert stack.request("POST", f"/redemptions/{rid}/rollback", token=shop).body == rolled.body
     assert stack.request("GET", f"/redemptions/{rid}", token=token).body == rolled.body
     assert_conserved(stack, coupon["id"], 0)
     # The uses are back: this user (uses_per_user 1) and the cap (max_uses 1) allow another redemption

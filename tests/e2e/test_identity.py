@@ -6,7 +6,6 @@ import base64
 import json
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import jwt
@@ -14,10 +13,12 @@ import pytest
 from checkout_helpers import ORDER, customer, redeem, validate
 from conftest import LocalStack, unique
 from coupons_local import tokens
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 pytestmark = pytest.mark.e2e
 
-SECRET = (Path(__file__).resolve().parents[2] / ".coupons-local" / "token-secret")
+# Issue 12: local tokens are RS256 with a kid, like Cognito's, verified by the token authorizer.
+FORGER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 def claims(**overrides: Any) -> dict[str, Any]:
@@ -27,9 +28,15 @@ def claims(**overrides: Any) -> dict[str, Any]:
     return {**base, **overrides}
 
 
-def signed(payload: dict[str, Any], secret: bytes | None = None, algorithm: str = "HS256") -> str:
-    return jwt.encode(payload, secret if secret is not None else SECRET.read_text().strip().encode(),
-                      algorithm=algorithm)
+def signed(payload: dict[str, Any]) -> str:
+    """Signed with the local pools' own key: a token they could issue."""
+    return tokens.sign(payload)
+
+
+def forged(payload: dict[str, Any]) -> str:
+    """Signed with another key, under the local key's kid."""
+    kid = jwt.get_unverified_header(tokens.issue("anyone"))["kid"]
+    return jwt.encode(payload, FORGER_KEY, algorithm="RS256", headers={"kid": kid})
 
 
 def tampered() -> str:
@@ -40,7 +47,7 @@ def tampered() -> str:
 
 
 BAD_TOKENS = {
-    "forged with another secret": lambda: signed(claims(), secret=b"another-checkouts-secret-32-bytes-long!"),
+    "forged with another key": lambda: forged(claims()),
     "tampered payload": tampered,
     "expired": lambda: signed(claims(iat=int(time.time()) - 7200, exp=int(time.time()) - 3600)),
     "alg none": lambda: jwt.encode(claims(), None, algorithm="none"),

@@ -61,7 +61,7 @@ def signed(claims: dict[str, Any]) -> str:
     """A token signed like the CLI's, with claims chosen by the test (what a user pool could issue)."""
     now = int(time.time())
     base = {"iss": tokens.ISSUER, "aud": tokens.AUDIENCE, "iat": now, "exp": now + 3600, "token_use": "id"}
-    return jwt.encode({**base, **claims}, tokens._secret(), algorithm=tokens.ALGORITHM)
+    return tokens.sign({**base, **claims})  # issue 12: RS256 with the local pools' key
 
 
 @pytest.mark.parametrize(("verified", "counts"), [

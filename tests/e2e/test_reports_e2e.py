@@ -50,7 +50,8 @@ def test_a_day_in_two_currencies_and_three_channels_reconciles_across_csv_summar
         assert result.status == 201, result.body
         redeemed[result.body["redemption_id"]] = (result.body, channel, roll_back)
         if roll_back:
-            back = stack.request("POST", f"/redemptions/{result.body['redemption_id']}/rollback", token=token)
+            back = stack.request("POST", f"/redemptions/{result.body['redemption_id']}/rollback",
+                                 token=stack.admin_token)  # issue 12: admins and servers roll back
             assert back.status == 200 and back.body["status"] == "rolled_back"
     guess = stack.request("POST", "/redemptions", {"code": unique("GUESS"), "channel": "web",
                                                    "order": order("USD", 100), "order_id": "fin-x"},
@@ -80,14 +81,15 @@ def test_a_day_in_two_currencies_and_three_channels_reconciles_across_csv_summar
     assert summary == api.body
     assert ran["rows"] == summary["redemptions"] + summary["rollbacks"] and ran["aggregate_stored"] is False
     assert flags_type.startswith("text/csv") and flags.decode().splitlines()[0] == \
-        "at,kind,scope,user_id,ip,count,limit,window_seconds"
+        "at,kind,scope,user_id,ip,count,limit,window_seconds,client_id"  # issue 12: the client
     assert len(flags.decode().splitlines()) - 1 == summary["suspicious_count"] >= len(summary["suspicious"])
 
     # And the CSV rows add up to it to the cent, per currency, per channel and in count
     assert csv_type.startswith("text/csv") and chart_type.startswith("text/html") and b"<svg" in chart
     rows = list(csv.DictReader(io.StringIO(csv_bytes.decode("utf-8"))))
+    # (contract v2, issue 12: the order's subtotal and total after discount appended)
     assert list(rows[0]) == ["at", "event", "redemption_id", "coupon_id", "campaign_id", "user_id", "order_id",
-                             "channel", "currency", "discount_amount"]
+                             "channel", "currency", "discount_amount", "order_subtotal", "total_after_discount"]
     net: dict[str, int] = defaultdict(int)
     by_channel: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for row in rows:
@@ -108,6 +110,11 @@ def test_a_day_in_two_currencies_and_three_channels_reconciles_across_csv_summar
         if rolled_back:
             expected.append((rid, "rolled_back", channel, body["currency"], -body["discount_amount"]))
     assert my_rows == sorted(expected)
+    # Each row describes its whole order, a rollback row too (the order's amounts are not negated)
+    for row in (r for r in rows if r["coupon_id"] in mine):
+        body = redeemed[row["redemption_id"]][0]
+        assert (int(row["order_subtotal"]), int(row["total_after_discount"])) == \
+            (body["order_subtotal"], body["total_after_discount"]), row
     coupons = {c["coupon_id"]: c for c in summary["by_coupon"] if c["coupon_id"] in mine}
     assert coupons[usd["id"]] == {"coupon_id": usd["id"], "campaign_id": "finance-usd", "redemptions": 3,
                                   "rollbacks": 1, "discount_totals": {"USD": 1000}}

@@ -163,9 +163,9 @@ def test_a_function_added_to_resources_is_provisioned_with_no_cdk_edit(extra_fun
     function = stack.functions.functions["newcomer"].node.default_child
     assert (resolve(function.memory_size), resolve(function.timeout)) == (768, 42)
     assert resolve(function.architectures) == ["arm64"]
-    # ...its route is a method behind the Cognito authorizer...
+    # ...its route is a method behind the token authorizer (issue 12: CUSTOM, was the Cognito authorizer)...
     method = stack.api.methods["GET /newcomers/{newcomer_id}"].node.default_child
-    assert resolve(method.authorization_type) == "COGNITO_USER_POOLS"
+    assert resolve(method.authorization_type) == "CUSTOM"
     assert resolve(method.authorizer_id) == {"Ref": resolve(stack.api.authorizer.node.default_child.logical_id)}
     # ...its schedule a cron rule, its queue a queue with a DLQ and an event source...
     rule = stack.jobs.rules["newcomer-tick"].node.default_child

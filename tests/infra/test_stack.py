@@ -195,7 +195,8 @@ def test_keys_rotate_and_their_policies_grant_no_kms_star(synth: Synth) -> None:
 
 # -- API and identity -------------------------------------------------------------------------
 
-def test_every_route_is_a_method_with_the_cognito_authorizer_unless_public(synth: Synth) -> None:
+def test_every_route_is_a_method_with_the_token_authorizer_unless_public(synth: Synth) -> None:
+    # Issue 12: the Cognito authorizer (COGNITO_USER_POOLS) became the token authorizer (CUSTOM).
     authorizer_id = synth.logical_id(synth.stack.api.authorizer)
     routes = [(spec, route) for spec in r.FUNCTIONS for route in spec.routes]
     assert routes
@@ -209,7 +210,7 @@ def test_every_route_is_a_method_with_the_cognito_authorizer_unless_public(synth
             assert method["AuthorizationType"] == "NONE", route
             assert "AuthorizerId" not in method
         else:
-            assert method["AuthorizationType"] == "COGNITO_USER_POOLS", route
+            assert method["AuthorizationType"] == "CUSTOM", route
             assert method["AuthorizerId"] == {"Ref": authorizer_id}, route
     # And no method exists that resources.py does not define, besides CORS preflights.
     methods = [m["Properties"] for m in synth.of_type("AWS::ApiGateway::Method").values()]
@@ -254,10 +255,12 @@ def test_customer_user_pool_with_three_channel_clients_and_no_admin_group(synth:
         assert "ALLOW_USER_SRP_AUTH" in props["ExplicitAuthFlows"]
         assert "ALLOW_USER_PASSWORD_AUTH" not in props["ExplicitAuthFlows"]  # no plain-password flow
     assert "ALLOW_ADMIN_USER_PASSWORD_AUTH" in clients["web"]["ExplicitAuthFlows"]  # operators, with IAM creds
-    authorizer = next(iter(synth.of_type("AWS::ApiGateway::Authorizer").values()))["Properties"]
-    assert authorizer["Type"] == "COGNITO_USER_POOLS"
-    assert authorizer["IdentitySource"] == "method.request.header.Authorization"
-    assert mentions(authorizer["ProviderARNs"], pool_id)
+    # Issue 12: the token authorizer accepts this pool's ID tokens for exactly these clients
+    env = synth.resource(synth.stack.functions.functions[r.AUTHORIZER])["Properties"]["Environment"]["Variables"]
+    assert env["CUSTOMER_ISSUER"] == {"Fn::Join": ["", ["https://", {"Fn::GetAtt": [pool_id, "ProviderURL"]}]]}
+    audiences = json.dumps(env["CUSTOMER_AUDIENCES"])
+    for channel in ("Web", "Mobile", "Pos"):
+        assert mentions(audiences, synth.logical_id(synth.stack.api.clients[channel.lower()]))
 
 
 def test_stage_throttles_traces_logs_access_and_never_logs_bodies(synth: Synth) -> None:
@@ -896,15 +899,19 @@ def test_the_admin_client_signs_in_through_managed_login_with_pkce_and_no_passwo
     # No client of any pool may trade an admin's password for tokens.
     for props in (c["Properties"] for c in synth.of_type("AWS::Cognito::UserPoolClient").values()):
         if props["UserPoolId"] == {"Ref": synth.logical_id(admins.user_pool)}:
-            assert not {"ALLOW_ADMIN_USER_PASSWORD_AUTH", "ALLOW_USER_PASSWORD_AUTH"} & set(props["ExplicitAuthFlows"])
+            # (the server clients of issue 12 have no sign-in flow at all)
+            assert not {"ALLOW_ADMIN_USER_PASSWORD_AUTH", "ALLOW_USER_PASSWORD_AUTH"} & \
+                set(props.get("ExplicitAuthFlows", []))
 
 
 def test_one_authorizer_verifies_both_pools_and_functions_know_the_admin_issuer(synth: Synth) -> None:
-    authorizer = next(iter(synth.of_type("AWS::ApiGateway::Authorizer").values()))["Properties"]
-    providers = authorizer["ProviderARNs"]
-    assert len(providers) == 2
-    assert mentions(providers, synth.logical_id(synth.stack.api.user_pool))
-    assert mentions(providers, synth.logical_id(admin_identity(synth).user_pool))
+    # Issue 12: one token authorizer (a Lambda function) verifies both pools' tokens: its environment names
+    # them (it used to be a Cognito authorizer listing the two pools as providers).
+    [authorizer] = [a["Properties"] for a in synth.of_type("AWS::ApiGateway::Authorizer").values()]
+    assert authorizer["Type"] == "TOKEN"
+    env = synth.resource(synth.stack.functions.functions[r.AUTHORIZER])["Properties"]["Environment"]["Variables"]
+    assert mentions(env["CUSTOMER_ISSUER"], synth.logical_id(synth.stack.api.user_pool))
+    assert mentions(env["ADMIN_AUDIENCES"], synth.logical_id(admin_identity(synth).client))
     admin_pool_id = synth.logical_id(admin_identity(synth).user_pool)
     for spec in r.FUNCTIONS:
         env = synth.resource(synth.stack.functions.functions[spec.name])["Properties"]["Environment"]["Variables"]
@@ -977,6 +984,99 @@ def test_report_aggregates_table_is_written_by_the_daily_job_and_read_and_filled
     s3_actions = {a for s in role_statements(synth, role_id) if mentions(s["Resource"], bucket_id)
                   for a in as_list(s["Action"])}
     assert {"s3:PutObject", "s3:AbortMultipartUpload"} <= s3_actions and "s3:GetObject" not in s3_actions
+
+
+# -- servers as callers (issue 12) -------------------------------------------------------------------
+
+def server_clients(synth: Synth) -> Any:
+    return synth.stack.api.server_clients
+
+
+def test_the_resource_server_coupons_has_the_checkout_and_admin_scopes(synth: Synth) -> None:
+    [server] = [s["Properties"] for s in synth.of_type("AWS::Cognito::UserPoolResourceServer").values()]
+    assert server["Identifier"] == "coupons"
+    assert {s["ScopeName"] for s in server["Scopes"]} == {"checkout", "admin"}
+    # in the admins' pool, whose domain is the token endpoint
+    assert server["UserPoolId"] == {"Ref": synth.logical_id(admin_identity(synth).user_pool)}
+    [domain] = [d["Properties"] for d in synth.of_type("AWS::Cognito::UserPoolDomain").values()]
+    assert domain["UserPoolId"] == server["UserPoolId"]
+
+
+@pytest.mark.parametrize(("name", "scope"), [("shop-backend", "checkout"), ("pos", "checkout"), ("crm", "admin")])
+def test_each_server_is_a_client_credentials_client_with_a_generated_secret_and_its_scope(
+        synth: Synth, name: str, scope: str) -> None:
+    clients = server_clients(synth).clients
+    props = synth.resource(clients[name])["Properties"]
+    server_id = synth.logical_id(server_clients(synth).resource_server)
+    assert props["ClientName"] == f"server-{name}"
+    assert props["UserPoolId"] == {"Ref": synth.logical_id(admin_identity(synth).user_pool)}
+    assert props["GenerateSecret"] is True  # Cognito generates it: never in the template
+    assert props["AllowedOAuthFlows"] == ["client_credentials"]
+    assert props["AllowedOAuthFlowsUserPoolClient"] is True
+    assert props["AllowedOAuthScopes"] == [{"Fn::Join": ["", [{"Ref": server_id}, f"/{scope}"]]}]
+    # no way for a person to sign in through it
+    assert not {"ALLOW_USER_SRP_AUTH", "ALLOW_USER_PASSWORD_AUTH", "ALLOW_ADMIN_USER_PASSWORD_AUTH",
+                "ALLOW_CUSTOM_AUTH"} & set(props.get("ExplicitAuthFlows", []))
+    assert "CallbackURLs" not in props and props["AccessTokenValidity"] == 60
+    assert "ClientSecret" not in json.dumps(props)
+
+
+def test_the_token_authorizer_is_wired_to_its_function_with_a_cache_and_a_header_check(synth: Synth) -> None:
+    [(logical_id, resource)] = list(synth.of_type("AWS::ApiGateway::Authorizer").items())
+    props = resource["Properties"]
+    function_id = synth.logical_id(synth.stack.functions.functions[r.AUTHORIZER])
+    assert logical_id == synth.logical_id(synth.stack.api.authorizer)
+    assert props["Type"] == "TOKEN"
+    assert props["IdentitySource"] == "method.request.header.Authorization"
+    assert props["IdentityValidationExpression"] == r.AUTHORIZATION_HEADER_REGEX
+    assert props["AuthorizerResultTtlInSeconds"] == r.AUTHORIZER_CACHE_SECONDS == 300
+    assert mentions(props["AuthorizerUri"], function_id)
+    assert props["RestApiId"] == {"Ref": synth.logical_id(synth.stack.api.api)}
+    # API Gateway may invoke it, from this API's authorizers only
+    permissions = [p["Properties"] for p in synth.of_type("AWS::Lambda::Permission").values()
+                   if mentions(p["Properties"]["FunctionName"], function_id)]
+    assert permissions and all(p["Principal"] == "apigateway.amazonaws.com" for p in permissions)
+    assert all(mentions(p["SourceArn"], synth.logical_id(synth.stack.api.api)) and
+               "/authorizers/" in json.dumps(p["SourceArn"]) for p in permissions)
+
+
+def test_the_authorizer_knows_every_pool_client_and_server_and_touches_no_data(synth: Synth) -> None:
+    resource = synth.resource(synth.stack.functions.functions[r.AUTHORIZER])["Properties"]
+    env = resource["Environment"]["Variables"]
+    admin_pool = synth.logical_id(admin_identity(synth).user_pool)
+    assert env["SERVER_ISSUER"] == env["ADMIN_ISSUER"] == \
+        {"Fn::Join": ["", ["https://", {"Fn::GetAtt": [admin_pool, "ProviderURL"]}]]}
+    for client in server_clients(synth).clients.values():
+        assert mentions(env["SERVER_CLIENT_IDS"], synth.logical_id(client))
+    assert "*" not in json.dumps(env["SERVER_CLIENT_IDS"])  # "any client" is the local stack's only
+    assert "TOKEN_JWKS_URL" not in env  # on AWS: each pool's own /.well-known/jwks.json
+    assert not r.function(r.AUTHORIZER).grants and not r.function(r.AUTHORIZER).routes
+    # The checkout functions are not told the server clients: the authorizer decides who is one
+    for name in ("validate", "redeem", "admin"):
+        variables = synth.resource(synth.stack.functions.functions[name])["Properties"]["Environment"]["Variables"]
+        assert "SERVER_CLIENT_IDS" not in variables
+
+
+def test_a_failing_authorizer_is_a_503_in_the_envelope(synth: Synth) -> None:
+    responses = {g["Properties"]["ResponseType"]: g["Properties"]
+                 for g in synth.of_type("AWS::ApiGateway::GatewayResponse").values()}
+    failure = responses["AUTHORIZER_FAILURE"]
+    assert failure["StatusCode"] == "503"
+    assert json.loads(failure["ResponseTemplates"]["application/json"])["error"]["code"] == "TRY_AGAIN"
+    assert failure["ResponseParameters"]["gatewayresponse.header.Retry-After"] == "'1'"
+
+
+def test_outputs_name_the_token_endpoint_and_the_server_clients(synth: Synth) -> None:
+    outputs = synth.template["Outputs"]
+    assert "/oauth2/token" in json.dumps(outputs["ServerTokenUrl"]["Value"])
+    for ident, name in (("ShopBackend", "shop-backend"), ("Pos", "pos"), ("Crm", "crm")):
+        assert outputs[f"{ident}ServerClientId"]["Value"] == \
+            {"Ref": synth.logical_id(server_clients(synth).clients[name])}
+
+
+def test_access_logs_name_the_caller_the_authorizer_verified(synth: Synth) -> None:
+    stage = synth.resource(synth.stack.api.stage)["Properties"]
+    assert '"user":"$context.authorizer.principalId"' in stage["AccessLogSetting"]["Format"]
 
 
 # -- issue 17: Idempotency-Key records ------------------------------------------------------------

@@ -64,6 +64,11 @@ def caller(user: str) -> Identity:
     return Identity(user_id=user, email=None, groups=frozenset(), ip="10.0.0.9", user_agent="pytest/1.0")
 
 
+# Issue 12: the shop rolls back (a server or an admin), not the customer
+SHOP = Identity(user_id="client:shop-backend", email=None, groups=frozenset(), ip="10.0.0.2",
+                user_agent="pytest/1.0", client_id="shop-backend", scopes=frozenset({"coupons/checkout"}))
+
+
 def create(**fields: Any) -> dict[str, Any]:
     fields.setdefault("discount_value", 10)
     fields.setdefault("uses_per_user", None)

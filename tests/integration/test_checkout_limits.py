@@ -128,7 +128,7 @@ def test_replaying_a_rolled_back_order_whose_limit_is_used_is_still_409(aws_env:
         checkout.redeem(redeem_request("rb-replay-2", "order-a"), caller("fay"))
     assert raised.value.code == "ALREADY_ROLLED_BACK"
     assert count_of(coupon["id"]) == 1
-    assert redemption_id(coupon["id"], "order-a") == done.view["redemption_id"]
+    assert redemption_id(coupon["id"], "order-a", "user:fay") == done.view["redemption_id"]
 
 
 # --- hole 2: lockouts under concurrency -----------------------------------------------------

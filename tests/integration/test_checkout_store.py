@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -19,6 +20,7 @@ from coupons.checkout import CheckoutService, redemption_id
 from coupons.clock import utcnow
 from coupons.errors import (
     CouponNotFound,
+    Forbidden,
     IdempotencyConflict,
     RedemptionNotFound,
     RuleViolation,
@@ -73,6 +75,11 @@ ORDER = {"currency": "USD", "items": [{"product_id": "p1", "category": "shoes", 
 def caller(user: str = "u1", *, ip: str = "10.0.0.1", admin: bool = False, email: str | None = None) -> Identity:
     groups = frozenset({"coupon-admins"}) if admin else frozenset()
     return Identity(user_id=user, email=email, groups=groups, ip=ip, user_agent="pytest/1.0")
+
+
+# Issue 12: rolling back is the shop's call (a server or an admin); a customer gets 403.
+SHOP = Identity(user_id="client:shop-backend", email=None, groups=frozenset(), ip="10.0.0.2",
+                user_agent="pytest/1.0", client_id="shop-backend", scopes=frozenset({"coupons/checkout"}))
 
 
 def create(**fields: Any) -> dict[str, Any]:
@@ -144,7 +151,7 @@ def test_redeem_is_one_read_and_one_transaction_and_rollback_two_calls(aws_env: 
         assert done.created and dict(count_calls.calls) == {"dynamodb:BatchGetItem": 1,
                                                             "dynamodb:TransactWriteItems": 1}
         count_calls.calls.clear()
-        checkout.rollback(done.view["redemption_id"], caller("warm"))
+        checkout.rollback(done.view["redemption_id"], SHOP)
         assert dict(count_calls.calls) == {"dynamodb:GetItem": 1, "dynamodb:TransactWriteItems": 1}
     assert count_of(coupon["id"]) == 1 == live_redemptions(coupon["id"])
 
@@ -164,14 +171,14 @@ def test_replay_conflict_and_the_redemption_record(aws_env: Any) -> None:
     other = {**ORDER, "items": [{**ORDER["items"][0], "quantity": 3}]}
     with pytest.raises(IdempotencyConflict):
         checkout.redeem(redeem_request("replay-1", "order-9", other), caller("alice"))
-    with pytest.raises(IdempotencyConflict):  # another user reusing that order id
-        checkout.redeem(redeem_request("replay-1", "order-9"), caller("mallory"))
+    # Another customer's identical order id is another order (contract v2: an order id belongs to its caller)
+    assert checkout.redeem(redeem_request("replay-1", "order-9"), caller("mallory")).created
     # And the record keeps who, where, how; never the code
     stored = item(f"REDEMPTION#{first.view['redemption_id']}", "REDEMPTION")
     assert stored is not None
     assert stored["user_id"]["S"] == "alice" and stored["ip"]["S"] == "10.0.0.1"
     assert stored["user_agent"]["S"] == "pytest/1.0" and stored["channel"]["S"] == "web"
-    assert first.view["redemption_id"] == redemption_id(coupon["id"], "order-9")
+    assert first.view["redemption_id"] == redemption_id(coupon["id"], "order-9", "user:alice")
     assert "REPLAY" not in json.dumps(stored).upper()
 
 
@@ -188,8 +195,8 @@ def test_a_usage_item_left_by_a_deleted_coupon_with_the_same_code_counts_zero(aw
         checkout.redeem(redeem_request("reused-1", "o-3"), caller("bob"))
     assert raised.value.code == "USER_LIMIT_REACHED"
     # Rolling back the old coupon's redemption gives nothing back to the new coupon's usage
-    rid = redemption_id(old["id"], "o-1")
-    checkout.rollback(rid, caller("bob"))
+    rid = redemption_id(old["id"], "o-1", "user:bob")
+    checkout.rollback(rid, SHOP)
     with pytest.raises(RuleViolation):
         checkout.redeem(redeem_request("reused-1", "o-4"), caller("bob"))
     assert count_of(new["id"]) == 1
@@ -201,7 +208,7 @@ def test_rollback_after_a_recode_gives_the_use_back_to_the_moved_coupon(aws_env:
     done = checkout.redeem(redeem_request("move-1"), caller("carol"))
     wiring.admin_service().update(coupon["id"], CouponUpdate(code="MOVED-2"), "admin-1")
     assert count_of(coupon["id"]) == 1
-    checkout.rollback(done.view["redemption_id"], caller("carol"))
+    checkout.rollback(done.view["redemption_id"], SHOP)
     assert count_of(coupon["id"]) == 0 == live_redemptions(coupon["id"])
     checkout.redeem(redeem_request("moved-2", "o-5"), caller("dave"))
 
@@ -238,7 +245,10 @@ def test_redemptions_are_visible_only_to_their_user_and_admins(aws_env: Any) -> 
             attempt(rid, caller("frank"))
         with pytest.raises(RedemptionNotFound):
             attempt("not-a-redemption", caller("erin"))
+    with pytest.raises(Forbidden):  # issue 12: their own, but the shop rolls back
+        checkout.rollback(rid, caller("erin"))
     assert checkout.get_redemption(rid, caller("erin"))["status"] == "redeemed"
+    assert checkout.get_redemption(rid, SHOP)["user_id"] == "erin"  # a server reads any
 
 
 # --- hot coupons --------------------------------------------------------------------------
@@ -273,10 +283,10 @@ def test_a_hot_coupon_splits_its_cap_and_never_says_exhausted_while_a_shard_has_
     # And validate knows without trying (the hint), until a rollback gives a use back
     with pytest.raises(RuleViolation):
         checkout.validate(validate_request("hot-1"), caller("late"))
-    checkout.rollback(redemption_id(coupon["id"], "o-3"), caller("u3"))
+    checkout.rollback(redemption_id(coupon["id"], "o-3", "user:u3"), SHOP)
     assert checkout.validate(validate_request("hot-1"), caller("late"))["valid"]
     # A use taken before the split goes back to shard 0
-    checkout.rollback(redemption_id(coupon["id"], "before-split"), caller("u0"))
+    checkout.rollback(redemption_id(coupon["id"], "before-split", "user:u0"), SHOP)
     shards = shard_state(coupon["id"], 3)
     assert sum(r for r, _ in shards) == 2 and sum(d for _, d in shards) == 5
     assert count_of(coupon["id"]) == 5 == live_redemptions(coupon["id"])
@@ -411,14 +421,14 @@ def test_rollback_faults_answer_try_again_and_a_retry_gives_back_once(aws_env: A
     rid = checkout.redeem(redeem_request("fault-rb"), caller("jo")).view["redemption_id"]
     client.fail("transact_write_items", lambda: _cancelled("TransactionConflict"), times=10)
     with pytest.raises(TryAgain):
-        checkout.rollback(rid, caller("jo"))
+        checkout.rollback(rid, SHOP)
     assert checkout.get_redemption(rid, caller("jo"))["status"] == "redeemed"
     assert state_of(coupon["id"])[:2] == (1, 1)
     client.faults.clear()
     client.fail("transact_write_items", _timeout, after=True)  # the first retry commits, its answer is lost
-    assert checkout.rollback(rid, caller("jo"))["status"] == "rolled_back"
+    assert checkout.rollback(rid, SHOP)["status"] == "rolled_back"
     assert state_of(coupon["id"])[:2] == (0, 0)
-    assert checkout.rollback(rid, caller("jo"))["status"] == "rolled_back"
+    assert checkout.rollback(rid, SHOP)["status"] == "rolled_back"
     assert state_of(coupon["id"])[:2] == (0, 0)
 
 
@@ -450,7 +460,7 @@ def test_through_the_handler_a_store_fault_is_a_503_with_retry_after(aws_env: An
         "body": json.dumps({"code": "fault-http", "channel": "web", "order": ORDER, "order_id": "o-http"}),
         "requestContext": {"resourcePath": "/redemptions", "httpMethod": "POST", "stage": "test",
                            "requestId": "r1", "identity": {"sourceIp": "10.1.1.1", "userAgent": "t"},
-                           "authorizer": {"claims": {"sub": "kim"}}},
+                           "authorizer": {"token_use": "id", "sub": "kim", "exp": str(int(time.time()) + 600)}},
     }
 
     class Context:

@@ -27,9 +27,9 @@ from coupons.models import CouponUpdate
 from coupons.settings import get_settings
 from edit_race_helpers import (
     SHARDS,
+    SHOP,
     Paused,
     admin,
-    caller,
     checkout,
     create,
     fresh,
@@ -115,7 +115,7 @@ class Race:
     def rollback(self, index: int) -> None:
         if self.live:
             order = self.live.pop(index % len(self.live))
-            self.checkout.rollback(redemption_id(self.coupon_id, order), caller(order))
+            self.checkout.rollback(redemption_id(self.coupon_id, order, f"user:{order}"), SHOP)
 
     # invariants
 

@@ -26,8 +26,8 @@ from coupons.clock import utcnow
 from coupons.models import CouponUpdate
 from coupons.settings import get_settings
 from edit_race_helpers import (
+    SHOP,
     PauseBeforeWrite,
-    caller,
     checkout,
     create,
     edit_racing,
@@ -166,7 +166,7 @@ def test_an_exhausted_hint_read_before_a_rollback_is_not_written(aws_env: Any) -
 
     # When a redemption finds every shard empty and, before it writes its hint, a rollback gives a use back
     def give_one_back() -> None:
-        checkout().rollback(redemption_id(coupon["id"], "o-0"), caller("o-0"))
+        checkout().rollback(redemption_id(coupon["id"], "o-0", "user:o-0"), SHOP)
     late = checkout(PauseBeforeWrite(aws.client("dynamodb"), give_one_back))
     assert redeem(code, "o-late", via=late) == "COUPON_EXHAUSTED"  # right for what it read
 

@@ -35,7 +35,8 @@ def event(path: str, body: Any, *, key: str | None, claims: dict[str, Any] | Non
         "requestContext": {"resourcePath": resource or path, "httpMethod": "POST", "path": path, "stage": "test",
                            "requestId": str(uuid.uuid4()), "accountId": "1", "apiId": "x",
                            "identity": {"sourceIp": "10.0.0.9", "userAgent": "pytest"},
-                           "authorizer": {"claims": claims or ADMIN}},
+                           # issue 12: the token authorizer's context (an ID token's claims, flat)
+                           "authorizer": {"token_use": "id", "exp": "4102444800", **(claims or ADMIN)}},
         "body": json.dumps(body), "isBase64Encoded": False,
     }
 

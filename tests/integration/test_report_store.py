@@ -50,7 +50,8 @@ def summary_event(first: date, last: date) -> dict[str, Any]:
         "isBase64Encoded": False, "body": None,
         "requestContext": {"resourcePath": "/reports/summary", "httpMethod": "GET", "stage": "test",
                            "requestId": "r1", "identity": {"sourceIp": "10.1.1.1", "userAgent": "t"},
-                           "authorizer": {"claims": ADMIN}},
+                           # issue 12: the token authorizer's context (an ID token's claims, flat)
+                           "authorizer": {"token_use": "id", "exp": "4102444800", **ADMIN}},
     }
 
 

@@ -119,6 +119,10 @@ def test_validate_redeem_replay_and_rollback() -> None:
         assert replay.body["redemption_id"] == redeemed.body["redemption_id"]
         fetched = call("GET", f"/redemptions/{redeemed.body['redemption_id']}")
         assert fetched.status == 200 and fetched.body["redemption_id"] == redeemed.body["redemption_id"]
+        if not is_admin(TOKEN):  # issue 12: rolling back is the shop's call (a server or an admin)
+            refused = call("POST", f"/redemptions/{redeemed.body['redemption_id']}/rollback")
+            assert refused.status == 403 and refused.code == "FORBIDDEN", refused
+            return
         # When it is rolled back (twice), Then it is rolled back once
         for _ in range(2):
             rolled = call("POST", f"/redemptions/{redeemed.body['redemption_id']}/rollback")

@@ -7,6 +7,7 @@ shoppers' pool. Only a token whose `iss` is the admin pool (ADMIN_ISSUER) may be
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -32,7 +33,9 @@ def admin_issuer(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def app_with(claims: dict[str, Any]) -> Any:
-    event = APIGatewayProxyEvent({"requestContext": {"authorizer": {"claims": claims},
+    # Issue 12: the token authorizer's context (an ID token's claims, flattened) instead of Cognito's `claims`
+    context = {"token_use": "id", "exp": str(int(time.time()) + 3600), **claims}
+    event = APIGatewayProxyEvent({"requestContext": {"authorizer": context,
                                                      "identity": {"sourceIp": "203.0.113.9"}}})
     return SimpleNamespace(current_event=event)
 

@@ -155,6 +155,14 @@ def test_a_redemption_publishes_coupon_redeemed_with_amount_channel_and_user() -
     assert "ip" not in event.detail and "user_agent" not in event.detail
 
 
+def test_a_redemption_a_server_made_names_the_server_as_its_actor() -> None:
+    # Issue 12: a shop backend redeemed for customer u-1 (or for a guest: no user)
+    for user in ("u-1", None):
+        event = only(to_event(change("INSERT", None, redemption(user_id=user, caller="server",
+                                                                client_id="shop-backend"))))
+        assert (event.detail["actor"], event.detail["user_id"]) == ("client:shop-backend", user)
+
+
 def test_a_rollback_publishes_once_on_the_transition_only() -> None:
     rolled = redemption(status="rolled_back", rolled_back_at=T1, rolled_back_by="admin-1")
     event = only(to_event(change("MODIFY", redemption(), rolled)))

@@ -29,9 +29,14 @@ def event(body: str | None, *, method: str = "POST", content_type: str | None = 
         "requestContext": {"resourcePath": path, "httpMethod": method, "path": path, "stage": "test",
                            "requestId": str(uuid.uuid4()), "accountId": "1", "apiId": "x",
                            "identity": {"sourceIp": "10.0.0.9", "userAgent": "pytest"},
-                           "authorizer": {"claims": claims or {"sub": "u1"}}},
+                           "authorizer": authorizer_context(claims or {"sub": "u1"})},
         "body": body, "isBase64Encoded": False,
     }
+
+
+def authorizer_context(claims: dict[str, Any]) -> dict[str, Any]:
+    """The token authorizer's context for an ID token with these claims (issue 12: a Lambda authorizer)."""
+    return {"token_use": "id", "exp": str(int(time.time()) + 3600), "principalId": "p", **claims}
 
 
 def nested(depth: int) -> str:
@@ -193,10 +198,20 @@ def test_the_email_counts_only_when_verified(verified: Any, email: str | None) -
 
 
 def test_local_tokens_hand_the_claim_over_as_cognito_does() -> None:
+    # Issue 12: local tokens go through the same token authorizer as on AWS, whose context carries it.
+    from coupons import authorizer
     from coupons_local import tokens
 
+    config = authorizer.AuthorizerConfig.from_env(tokens.authorizer_environment())
+    keys = authorizer.KeySets(config)
+
+    def context(token: str) -> dict[str, Any]:
+        answer = authorizer.authorize({"authorizationToken": f"Bearer {token}", "methodArn": "arn:x:y/s/GET/"},
+                                      config, keys)
+        return {k: json.dumps(v) if isinstance(v, bool) else str(v) for k, v in answer["context"].items()}
+
     for verified, expected in ((True, "true"), (False, "false")):
-        claims = tokens.authorizer_claims(tokens.verify(tokens.issue("u", email="a@b.com", email_verified=verified)))
+        claims = context(tokens.issue("u", email="a@b.com", email_verified=verified))
         assert claims["email_verified"] == expected
         assert caller(claims).email == ("a@b.com" if verified else None)
-    assert "email_verified" not in tokens.verify(tokens.issue("u"))  # no email, nothing to verify
+    assert "email_verified" not in context(tokens.issue("u"))  # no email, nothing to verify

@@ -1,4 +1,12 @@
-"""The REST API: Cognito user pools and authorizer, one method per resources.Route, WAF, usage plans.
+"""The REST API: Cognito user pools, the token authorizer, one method per resources.Route, WAF, usage plans.
+
+Why a Lambda TOKEN authorizer (issue 12): API Gateway's Cognito authorizer takes ID tokens on
+a method without OAuth scopes and only access tokens on a method with scopes, never both, while
+checkout routes serve shoppers (ID tokens) and servers (client-credentials access tokens) alike.
+The authorizer (coupons/authorizer.py) verifies both kinds against the pools' JWKS; the
+functions decide per route with the verified claims (scopes, admin group). Its answer allows
+the whole stage and is cached per token for resources.AUTHORIZER_CACHE_SECONDS, so most
+requests never invoke it.
 
 API Gateway answers some requests itself (no token, throttled, too large...). Its gateway
 responses are rewritten here to the contract's error envelope, so a client sees the same
@@ -23,6 +31,7 @@ from .. import resources as r
 from .admin_identity import AdminIdentity
 from .config import CHANNELS, StackConfig
 from .functions import retention
+from .server_clients import ServerClients
 
 # (response type, HTTP status, contract error code, message, extra headers)
 GATEWAY_RESPONSES: tuple[tuple[str, str | None, str, str, dict[str, str]], ...] = (
@@ -30,6 +39,9 @@ GATEWAY_RESPONSES: tuple[tuple[str, str | None, str, str, dict[str, str]], ...] 
     ("EXPIRED_TOKEN", "401", "UNAUTHENTICATED", "A valid bearer token is required.", {}),
     ("INVALID_SIGNATURE", "401", "UNAUTHENTICATED", "A valid bearer token is required.", {}),
     ("ACCESS_DENIED", "403", "FORBIDDEN", "You are not allowed to do this.", {}),
+    # The token authorizer failed (the pools' keys could not be fetched): nothing happened, try again.
+    ("AUTHORIZER_FAILURE", "503", "TRY_AGAIN", "The service could not check the token; try again.",
+     {"Retry-After": "1"}),
     ("WAF_FILTERED", "403", "FORBIDDEN", "The request was blocked.", {}),
     ("INVALID_API_KEY", "403", "FORBIDDEN", "A valid API key for this channel is required.", {}),
     # REST APIs answer an unknown path or method with "Missing Authentication Token".
@@ -50,7 +62,7 @@ ACCESS_LOG_FORMAT = json.dumps({
     "requestId": "$context.requestId",
     "ip": "$context.identity.sourceIp",
     "userAgent": "$context.identity.userAgent",
-    "user": "$context.authorizer.claims.sub",
+    "user": "$context.authorizer.principalId",  # a person's sub, or client:<id> for a server
     "requestTime": "$context.requestTime",
     "method": "$context.httpMethod",
     "resourcePath": "$context.resourcePath",  # the template (/coupons/{coupon_id}): no query string
@@ -144,22 +156,35 @@ class Api(Construct):
             )
 
     def _admins(self, config: StackConfig, functions: dict[str, lambda_.Function]) -> None:
-        """Issue 17, finding 7: the admins' own pool, one authorizer for both pools, and the
-        functions told which issuer makes an admin."""
+        """Issue 17, finding 7: the admins' own pool, and the functions told which issuer makes an
+        admin. Issue 12: the server clients in that pool, and one token authorizer for all callers."""
         # The console's URL from the API's id and the stage name (not api.url: that would make the
         # client, and through it the console function, depend on the deployment of its own route).
         self.console_url = (f"https://{self.api.rest_api_id}.execute-api.{Aws.REGION}.{Aws.URL_SUFFIX}/"
                             f"{config.stage_name}/console")
         self.admin_identity = AdminIdentity(self, "Admins", config=config, console_url=self.console_url)
-        self.authorizer = apigw.CognitoUserPoolsAuthorizer(
+        admins = self.admin_identity
+        self.server_clients = ServerClients(self, "Servers", user_pool=admins.user_pool, domain=admins.domain)
+        self.customer_issuer = f"https://{self.user_pool.user_pool_provider_url}"
+        self.authorizer_function = functions[r.AUTHORIZER]
+        for name, value in {
+            "CUSTOMER_ISSUER": self.customer_issuer,
+            "CUSTOMER_AUDIENCES": ",".join(c.user_pool_client_id for c in self.clients.values()),
+            "ADMIN_AUDIENCES": admins.client.user_pool_client_id,
+            "SERVER_ISSUER": admins.issuer,
+            "SERVER_CLIENT_IDS": ",".join(self.server_clients.client_ids),
+        }.items():
+            self.authorizer_function.add_environment(name, value)
+        self.authorizer = apigw.TokenAuthorizer(
             self, "Authorizer",
-            authorizer_name="cognito",
-            cognito_user_pools=[self.user_pool, self.admin_identity.user_pool],
+            authorizer_name="tokens",
+            handler=self.authorizer_function,
             identity_source=apigw.IdentitySource.header("Authorization"),
-            results_cache_ttl=Duration.minutes(5),
+            validation_regex=r.AUTHORIZATION_HEADER_REGEX,  # anything else is a 401 without an invocation
+            results_cache_ttl=Duration.seconds(r.AUTHORIZER_CACHE_SECONDS),
         )
         for function in functions.values():
-            function.add_environment("ADMIN_ISSUER", self.admin_identity.issuer)
+            function.add_environment("ADMIN_ISSUER", admins.issuer)
         if "console" in functions:
             for name, value in self.admin_identity.console_environment().items():
                 functions["console"].add_environment(name, value)
@@ -235,13 +260,19 @@ class Api(Construct):
         method = resource.add_method(
             route.method,
             apigw.LambdaIntegration(function, proxy=True, allow_test_invoke=False),
-            authorization_type=apigw.AuthorizationType.NONE if route.public else apigw.AuthorizationType.COGNITO,
+            authorization_type=apigw.AuthorizationType.NONE if route.public else apigw.AuthorizationType.CUSTOM,
             authorizer=None if route.public else self.authorizer,
             api_key_required=self.config.require_api_keys and not route.public,
             request_validator=self.validator,
             request_parameters={f"method.request.path.{name}": True for name in path_params} or None,
         )
         self.methods[f"{route.method} {route.path}"] = method
+        if not route.public:
+            Validations.of(method).acknowledge(cdk.Acknowledgment(
+                id="AwsSolutions-COG4",
+                reason="Authorized by the token authorizer, which verifies Cognito tokens of the user pools "
+                       "(RS256 against their JWKS): the Cognito authorizer cannot take shoppers' ID tokens and "
+                       "servers' client-credentials access tokens on one method (README: Integrating)."))
         if route.public:
             for rule in ("AwsSolutions-APIG4", "AwsSolutions-COG4"):
                 Validations.of(method).acknowledge(cdk.Acknowledgment(

@@ -133,7 +133,7 @@ class Functions(Construct):
         self.bus = bus
         self.deps_layer = lambda_.LayerVersion(
             self, "DependenciesLayer",
-            description="Powertools, pydantic, cryptography (manylinux aarch64, cp313)",
+            description="Powertools, pydantic, cryptography, PyJWT (manylinux aarch64, cp313)",
             code=lambda_.Code.from_asset(
                 str(r.DEPS_REQUIREMENTS.parent),
                 asset_hash_type=cdk.AssetHashType.SOURCE,  # the requirements decide; pip output varies

@@ -2,18 +2,22 @@
 
 Cost per request (DynamoDB calls; KMS never, the keyring is cached per container):
 
-- validate: 1 BatchGetItem (coupon under every key version, the user's usage of it, the
-  user's and the IP's failure counters); the first read of a code in a container adds
-  1 GetItem (the usage is kept by coupon id; see checkout_store, "Usage by coupon id").
-  A failed guess adds 3 UpdateItem: the user's and the IP's counters (conditional, so
-  counted before it is answered) and the day's total.
+- validate: 1 BatchGetItem (coupon under every key version, the customer's usage of it,
+  the failure counters of the customer, the shopper's IP and the server client, those
+  that apply); the first read of a code in a container adds 1 GetItem (the usage is kept
+  by coupon id; see checkout_store, "Usage by coupon id"). A failed guess adds one
+  conditional UpdateItem per counter (counted before it is answered) and the day's total.
 - redeem: the same read, then 1 TransactWriteItems (redemption record, counter,
   usage) on the success path; a user's first redemption from an IP in a window
   adds 1 UpdateItem (the IP's distinct users).
 - rollback: 1 GetItem + 1 TransactWriteItems.
 
+Who the checkout is for comes from coupons.shoppers: the caller's own person, or the
+customer (or guest) a server names. Failed guesses count per customer, per shopper IP and
+per server client (a server's own IP is never a shopper's).
+
 Failed guesses are counted first and answered after: the store's conditional increment
-decides whether a guess still fits under the user's and the IP's limits (404) or not
+decides whether a guess still fits under every subject's limit (404) or not
 (429), so a burst of parallel guesses whose reads all saw no failure still gets no more
 than the limit of 404s (see guards, "Counting under concurrency"). The check on the read
 is only a fast path that answers 429 sooner; it never lets a guess through.
@@ -51,6 +55,7 @@ from .crypto import CodeCipher, refreshed
 from .errors import (
     AlreadyRolledBack,
     CouponNotFound,
+    Forbidden,
     IdempotencyConflict,
     RateLimited,
     RedemptionNotFound,
@@ -59,10 +64,11 @@ from .errors import (
     rule_violation,
 )
 from .guards import Policy, crosses, distinct_users
-from .lockouts import FailedGuesses
+from .lockouts import FailedGuesses, Subject
 from .models import RedeemRequest, ValidateRequest
 from .pricing import Attempt, Quote, Terms, Usage, evaluate, lines_of
 from .settings import Settings
+from .shoppers import Caller, Shopper, shopper_of
 
 # Hashed in place of a malformed code so that the lookup does the same work; lower-case,
 # so never a normalised code, so never stored.
@@ -74,23 +80,6 @@ BACKOFF_BASE_SECONDS = 0.02
 RETRY_AFTER_SECONDS = 1
 EXHAUSTED_HINT_SECONDS = 30  # how long "every shard was empty" is believed without trying again
 SHARD_VIEW_SECONDS = 1.0  # how long a container steers by its last read of a hot coupon's shards
-
-
-class Caller(Protocol):
-    @property
-    def user_id(self) -> str: ...
-
-    @property
-    def email_domain(self) -> str | None: ...
-
-    @property
-    def is_admin(self) -> bool: ...
-
-    @property
-    def ip(self) -> str: ...
-
-    @property
-    def user_agent(self) -> str: ...
 
 
 class Signals(Protocol):
@@ -108,12 +97,16 @@ class Redeemed:
     created: bool  # False: a replay of an order already redeemed (200, nothing counted again)
 
 
-def redemption_id(coupon_id: str, order_id: str) -> str:
-    """Deterministic: the same order on the same coupon is the same redemption."""
-    return str(uuid.uuid5(REDEMPTION_NAMESPACE, f"{coupon_id}\n{order_id}"))
+def redemption_id(coupon_id: str, order_id: str, owner: str) -> str:
+    """Deterministic: the same order of the same caller on the same coupon is the same redemption.
+
+    `owner` is whose order ids these are (Shopper.order_owner: `user:<sub>` or `client:<client_id>`):
+    another caller's identical order id is another order (issue 12). An order id has no newline.
+    """
+    return str(uuid.uuid5(REDEMPTION_NAMESPACE, f"{coupon_id}\n{owner}\n{order_id}"))
 
 
-def order_fingerprint(user_id: str, request: RedeemRequest) -> str:
+def order_fingerprint(user_id: str | None, request: RedeemRequest) -> str:
     """Who, where and what: a replay must match it, a different order under the same id must not."""
     lines = sorted([i.product_id, i.category, i.unit_price, i.quantity] for i in request.order.items)
     canonical = json.dumps({"user": user_id, "channel": request.channel, "currency": request.order.currency,
@@ -121,14 +114,25 @@ def order_fingerprint(user_id: str, request: RedeemRequest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def order_totals(item: dict[str, Any]) -> dict[str, int]:
+    """The order a redemption belongs to (issue 12); computed for a record stored before they were kept."""
+    subtotal = int(item.get("order_subtotal") or 0)
+    shipping = int(item.get("shipping_amount") or 0)
+    total = item.get("total_after_discount")
+    return {"order_subtotal": subtotal, "shipping_amount": shipping,
+            "total_after_discount": int(total) if total is not None
+            else subtotal + shipping - int(item["discount_amount"])}
+
+
 def redemption_view(item: dict[str, Any]) -> dict[str, Any]:
     return {
         "redemption_id": item["redemption_id"],
         "coupon_id": item["coupon_id"],
         "order_id": item["order_id"],
-        "user_id": item["user_id"],
+        "user_id": item.get("user_id"),
         "discount_amount": int(item["discount_amount"]),
         "currency": item["currency"],
+        **order_totals(item),
         "status": item["status"],
         "redeemed_at": parse_iso(item["redeemed_at"]),
         "channel": item.get("channel"),
@@ -155,14 +159,15 @@ class CheckoutService:
         self._rng = rng or random.Random()
         self._signals = signals or _NoSignals()
         self.policy = Policy(settings.failed_attempts_per_user, settings.failed_attempts_per_ip,
-                             settings.failed_attempt_window_seconds)
+                             settings.failed_attempt_window_seconds, settings.failed_attempts_per_client)
         self._guesses = FailedGuesses(store, self.policy, self._signals, self._backoff)
         # coupon id -> (when read, cap, shard -> remaining): this container's last read of a hot coupon's shards
         self._shard_views: dict[str, tuple[float, int, dict[int, int]]] = {}
 
     # --- validate --------------------------------------------------------------------------
 
-    def validate(self, request: ValidateRequest, who: Caller) -> dict[str, Any]:
+    def validate(self, request: ValidateRequest, caller: Caller) -> dict[str, Any]:
+        who = shopper_of(request.customer, caller)
         now = self._clock()
         snapshot = self._guarded_read(request.code, who, now, ip_users=False)
         quote = self._quote(snapshot, request, who, now)
@@ -170,7 +175,8 @@ class CheckoutService:
 
     # --- redeem ----------------------------------------------------------------------------
 
-    def redeem(self, request: RedeemRequest, who: Caller) -> Redeemed:
+    def redeem(self, request: RedeemRequest, caller: Caller) -> Redeemed:
+        who = shopper_of(request.customer, caller)
         now = self._clock()
         snapshot = self._guarded_read(request.code, who, now, ip_users=True)
         ip_users = (snapshot.ip_users_previous, snapshot.ip_users_current)
@@ -183,7 +189,7 @@ class CheckoutService:
             coupon = snapshot.coupon
             if coupon is None:
                 raise CouponNotFound()  # deleted between our reads: not a guess, not counted
-            rid = redemption_id(coupon["coupon_id"], request.order_id)
+            rid = redemption_id(coupon["coupon_id"], request.order_id, who.order_owner)
             try:
                 quote = self._quote(snapshot, request, who, now)
                 shard = self._pick_shard(coupon, search, now)
@@ -232,7 +238,7 @@ class CheckoutService:
             return Redeemed(self._view_of_record(record), created=True)
         raise TryAgain(retry_after=RETRY_AFTER_SECONDS)
 
-    def _record(self, rid: str, coupon: dict[str, Any], quote: Quote, request: RedeemRequest, who: Caller,
+    def _record(self, rid: str, coupon: dict[str, Any], quote: Quote, request: RedeemRequest, who: Shopper,
                 fingerprint: str, now: datetime, shard: int | None) -> dict[str, Any]:
         return {
             "redemption_id": rid,
@@ -241,14 +247,18 @@ class CheckoutService:
             "code_hash": coupon["code_hash"],
             "order_id": request.order_id,
             "order_fingerprint": fingerprint,
-            "user_id": who.user_id,
-            "ip": who.ip,
+            "user_id": who.user_id,  # None: a guest
+            "ip": who.ip,  # the shopper's: a server's own IP is never recorded as one
             "user_agent": who.user_agent,
+            "caller": who.caller,  # customer | admin | server
+            "client_id": who.client_id,
             "channel": request.channel,
             "discount_type": quote.discount_type,
             "discount_amount": quote.discount_amount,
             "currency": quote.currency,
             "order_subtotal": quote.order_subtotal,
+            "shipping_amount": 0,  # orders carry no shipping yet
+            "total_after_discount": quote.total_after_discount,
             "eligible_subtotal": quote.eligible_subtotal,
             "status": "redeemed",
             "redeemed_at": now,
@@ -258,7 +268,8 @@ class CheckoutService:
     @staticmethod
     def _view_of_record(record: dict[str, Any]) -> dict[str, Any]:
         view = {k: record[k] for k in ("redemption_id", "coupon_id", "order_id", "user_id", "discount_amount",
-                                       "currency", "status", "redeemed_at", "channel")}
+                                       "currency", "order_subtotal", "shipping_amount", "total_after_discount",
+                                       "status", "redeemed_at", "channel")}
         view["rolled_back_at"] = None
         return view
 
@@ -280,12 +291,12 @@ class CheckoutService:
         # Our own earlier try may have committed before its answer was lost (a timeout): still a 201.
         return Redeemed(redemption_view(existing), created=existing.get("attempt_id") == attempt_id)
 
-    def _after_redemption(self, who: Caller, now: datetime, ip_users: tuple[set[str], set[str]]) -> None:
+    def _after_redemption(self, who: Shopper, now: datetime, ip_users: tuple[set[str], set[str]]) -> None:
         """Count the IP's distinct users; flag the IP once it redeems for too many of them."""
         self._signals.count("Redemptions")
         threshold = self._settings.fraud_distinct_users_per_ip
         previous, current = ip_users
-        if who.user_id in current or len(current) >= threshold:
+        if who.user_id is None or who.ip is None or who.user_id in current or len(current) >= threshold:
             return
         bucket = self.policy.bucket(now.timestamp())
         after = self._store.add_ip_user(ip=who.ip, user_id=who.user_id, bucket=bucket,
@@ -296,7 +307,8 @@ class CheckoutService:
         after_count = distinct_users(previous, after)
         if crosses(threshold, before_count, after_count):
             self._store.put_flag(fraud_flag(kind="many_users_one_ip", scope="ip", subject=who.ip, bucket=bucket,
-                                            now=now, count=after_count, limit=threshold, window=self.policy.window))
+                                            now=now, count=after_count, limit=threshold, window=self.policy.window,
+                                            client_id=who.client_id))
             self._signals.count("FraudSuspected")
 
     # --- hot coupons -----------------------------------------------------------------------
@@ -373,11 +385,11 @@ class CheckoutService:
 
     # --- shared steps ----------------------------------------------------------------------
 
-    def _quote(self, snapshot: Snapshot, request: ValidateRequest, who: Caller, now: datetime) -> Quote:
+    def _quote(self, snapshot: Snapshot, request: ValidateRequest, who: Shopper, now: datetime) -> Quote:
         assert snapshot.coupon is not None
         attempt = Attempt(channel=request.channel, email_domain=who.email_domain, currency=request.order.currency,
                           lines=lines_of([i.model_dump() for i in request.order.items]), now=now,
-                          global_domains=frozenset(self._settings.allowed_domains))
+                          global_domains=frozenset(self._settings.allowed_domains), guest=who.is_guest)
         return evaluate(Terms.from_record(snapshot.coupon), attempt, self._usage(snapshot, now))
 
     def _hashes(self, code: str) -> tuple[bool, list[str]]:
@@ -385,13 +397,14 @@ class CheckoutService:
         cipher = self._cipher()
         return normalised is not None, cipher.lookup_indexes(normalised or PLACEHOLDER)
 
-    def _guarded_read(self, code: str, who: Caller, now: datetime, *, ip_users: bool) -> Snapshot:
-        """The one read; then 429 if this user or IP is locked out, 404 (counted) if no such code."""
+    def _guarded_read(self, code: str, who: Shopper, now: datetime, *, ip_users: bool) -> Snapshot:
+        """The one read; then 429 if this customer, IP or client is locked out, 404 (counted) if no such code."""
         well_formed, hashes = self._hashes(code)
         bucket = self.policy.bucket(now.timestamp())
         snapshot = self._with_busy_retry(lambda: self._store.read(hashes, who.user_id, ip=who.ip, bucket=bucket,
-                                                                  ip_users=ip_users))
-        verdict = self.policy.verdict(snapshot.user, snapshot.ip, now.timestamp())
+                                                                  ip_users=ip_users, client=who.client_id))
+        verdict = self.policy.verdict_of([(s.scope, snapshot.counts(s.scope), s.limit)
+                                          for s in self._subjects(who, snapshot)], now.timestamp())
         if verdict.locked:
             raise RateLimited(retry_after=verdict.retry_after)
         if snapshot.coupon is None and self._keyring_was_stale():  # malformed too: one cost for every miss
@@ -408,12 +421,21 @@ class CheckoutService:
         cipher = self._cipher()
         return not cipher.complete and refreshed(self._cipher).versions != cipher.versions
 
-    def _failed_guess(self, who: Caller, now: datetime, snapshot: Snapshot, bucket: int) -> None:
-        """Count the failed guess first (lockouts.FailedGuesses); returns only if it may be answered 404."""
-        self._guesses.count(who.user_id, who.ip, now, user_seen=snapshot.user_window,
-                            ip_seen=snapshot.ip_window)
+    def _subjects(self, who: Shopper, snapshot: Snapshot) -> list[Subject]:
+        """Whose failures a guess counts for: the server client, the customer, the shopper's IP.
 
-    def _reread(self, code: str, who: Caller) -> Snapshot:
+        The client first: a server past its limit (the likeliest to be, guessing for a whole shop) is
+        refused before it counts, even for a moment, against a customer or an address."""
+        named = [("client", who.client_id, self.policy.per_client), ("user", who.user_id, self.policy.per_user),
+                 ("ip", who.ip, self.policy.per_ip)]
+        return [Subject(scope, name, snapshot.window(scope), limit)  # type: ignore[arg-type]
+                for scope, name, limit in named if name is not None]
+
+    def _failed_guess(self, who: Shopper, now: datetime, snapshot: Snapshot, bucket: int) -> None:
+        """Count the failed guess first (lockouts.FailedGuesses); returns only if it may be answered 404."""
+        self._guesses.count(self._subjects(who, snapshot), now, client_id=who.client_id)
+
+    def _reread(self, code: str, who: Shopper) -> Snapshot:
         _, hashes = self._hashes(code)
         return self._with_busy_retry(lambda: self._store.read(hashes, who.user_id))
 
@@ -438,7 +460,9 @@ class CheckoutService:
         if not _is_redemption_id(rid):
             raise RedemptionNotFound()
         item = self._with_busy_retry(lambda: self._store.get_redemption(rid))
-        if item is None or not (who.is_admin or item.get("user_id") == who.user_id):
+        # A server may read any (the shop's checkouts are its own: contract, "a deployment serves one shop")
+        trusted = who.is_admin or getattr(who, "client_id", None) is not None
+        if item is None or not (trusted or item.get("user_id") == who.user_id):
             raise RedemptionNotFound()  # someone else's redemption does not exist for you
         return dict(item)
 
@@ -446,13 +470,16 @@ class CheckoutService:
         return redemption_view(self._visible(rid, who))
 
     def rollback(self, rid: str, who: Caller) -> dict[str, Any]:
+        """Rolling back is the shop's call (a refund, a cancelled order): servers and admins only."""
         item = self._visible(rid, who)
+        if not (who.is_admin or getattr(who, "client_id", None) is not None):
+            raise Forbidden("Only the shop rolls a redemption back (a refund or a cancelled order).")
         if item["status"] == "rolled_back":
             return redemption_view(item)
         now = self._clock()
         counter: tuple[str, Any] | None = ("shard", int(item["shard"])) if item.get("shard") is not None \
             else ("coupon", item["code_hash"])
-        usage = True
+        usage = item.get("user_id") is not None  # a guest's redemption used no one's per-customer count
         clear_hint = item["code_hash"] if item.get("shard") is not None else None
         busy = 0
         for _ in range(LOGICAL_ATTEMPTS):
@@ -496,6 +523,12 @@ class CheckoutService:
         if pointer is None or pointer.get("deleted_at") or pointer.get("code_hash") == counter[1]:
             return None  # the coupon was deleted: no counter to give back to
         return ("coupon", pointer["code_hash"])  # re-coded: its item moved
+
+    def my_redemptions(self, who: Caller, *, limit: int, cursor: str | None) -> dict[str, Any]:
+        """`GET /me/redemptions`: the caller's own, newest first (whoever made them: they or a server)."""
+        items, next_cursor = self._with_busy_retry(
+            lambda: self._store.list_by_user(who.user_id, limit=limit, cursor=cursor))
+        return {"items": [redemption_view(i) for i in items], "next_cursor": next_cursor}
 
     def list_redemptions(self, coupon_id: str, *, limit: int, cursor: str | None) -> dict[str, Any]:
         pointer = self._with_busy_retry(lambda: self._store.get_pointer(coupon_id))

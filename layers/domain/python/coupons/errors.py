@@ -101,6 +101,7 @@ RULE_MESSAGES: dict[str, str] = {
     "CHANNEL_NOT_ALLOWED": "This coupon cannot be used on this channel.",
     "DOMAIN_NOT_ALLOWED": "This coupon is restricted to other email domains.",
     "CURRENCY_MISMATCH": "This coupon is for another currency.",
+    "CUSTOMER_REQUIRED": "This coupon needs a known customer: sign the shopper in (a guest cannot use it).",
 }
 
 

@@ -194,8 +194,10 @@ def _pointer(change: Change) -> ContractEvent | None:
 def _redemption(change: Change) -> ContractEvent | None:
     old, new = change.old or {}, change.new or {}
     if change.event_name == "INSERT" and new.get("status", "redeemed") == "redeemed":
+        # The actor is who redeemed: the server for a redemption it made (issue 12), else the customer
+        actor = f"client:{new['client_id']}" if new.get("client_id") else new.get("user_id")
         return ContractEvent(COUPON_REDEEMED, {**_pick(new, _REDEMPTION_FIELDS, drop=("rolled_back_at",)),
-                                               "actor": new.get("user_id")})
+                                               "actor": actor})
     if change.event_name == "MODIFY" and old.get("status") != "rolled_back" and \
             new.get("status") == "rolled_back":
         return ContractEvent(REDEMPTION_ROLLED_BACK, {

@@ -1,8 +1,8 @@
 """Failed-attempt lockouts and fraud signals: the policy, pure (the store keeps the counters).
 
 Sliding-window counter
-    Time is cut into fixed buckets of `window` seconds. For each subject (a user or
-    an IP) the store keeps the number of failed guesses in the current bucket and in
+    Time is cut into fixed buckets of `window` seconds. For each subject (a customer,
+    a shopper IP or a server client) the store keeps the number of failed guesses in the current bucket and in
     the previous one. At a moment `f` of the way through the current bucket
     (0 <= f < 1) the failures "in the last window" are estimated as
 
@@ -49,7 +49,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-Scope = Literal["user", "ip"]
+Scope = Literal["user", "ip", "client"]
 SLACK = 1e-9
 
 
@@ -102,6 +102,7 @@ class Policy:
     per_user: int
     per_ip: int
     window: int  # seconds
+    per_client: int = 10_000  # a server client's (issue 12): a whole shop's guesses go through it
 
     def bucket(self, now: float) -> int:
         return int(now // self.window)
@@ -142,12 +143,16 @@ class Policy:
         return max(1, math.ceil(free_at - now - SLACK))
 
     def verdict(self, user: Counts, ip: Counts, now: float) -> Verdict:
-        """Whether this caller may try a code at all right now."""
-        waits = [(self.retry_after(user, self.per_user, now), "user"), (self.retry_after(ip, self.per_ip, now), "ip")]
-        wait, scope = max(waits)
+        """Whether this caller may try a code at all right now (a customer and their IP)."""
+        return self.verdict_of([("user", user, self.per_user), ("ip", ip, self.per_ip)], now)
+
+    def verdict_of(self, subjects: list[tuple[Scope, Counts, int]], now: float) -> Verdict:
+        """Whether a caller with these subjects (scope, failures, limit) may try a code at all right now."""
+        waits = [(self.retry_after(counts, limit, now), scope) for scope, counts, limit in subjects]
+        wait, scope = max(waits, default=(0, "user"))
         if wait <= 0:
             return Verdict(False)
-        return Verdict(True, wait, scope)  # type: ignore[arg-type]
+        return Verdict(True, wait, scope)
 
     def trips(self, user: Counts, ip: Counts, now: float) -> list[Trip]:
         """The lockouts one more failure starts (crossing the limit, not already past it)."""

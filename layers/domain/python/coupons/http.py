@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -64,17 +65,49 @@ metrics = Metrics(namespace="Coupons", service=SERVICE)
 # tracing (enabled in CDK) still records each invocation and API Gateway's stage traces.
 
 
+CHECKOUT_SCOPE = "coupons/checkout"  # the resource server `coupons`: validate, redeem, roll back, read
+ADMIN_SCOPE = "coupons/admin"  # the admin routes
+
+
 @dataclass(frozen=True)
 class Identity:
+    """Who is calling, from the authorizer's verified claims (never from a body).
+
+    A person (a customer, or an admin: an ID token) or a server (a shop backend, a POS terminal, a
+    CRM: an access token of the client-credentials grant, with `client_id` and scopes). `user_id`
+    is a person's `sub`; a server's is `client:<client_id>`, the name audit fields give it (who
+    created a coupon, who rolled back). A server's shopper is named in the body (coupons.shoppers).
+    """
+
     user_id: str
     email: str | None
     groups: frozenset[str]
-    ip: str
+    ip: str  # the caller's source IP: a shopper's own for a person, the server's for a server
     user_agent: str
+    client_id: str | None = None  # set for servers only
+    scopes: frozenset[str] = frozenset()
+
+    @property
+    def is_server(self) -> bool:
+        return self.client_id is not None
 
     @property
     def is_admin(self) -> bool:
-        return get_settings().admin_group in self.groups
+        """An admin person (a server with the admin scope is not a person: see may_admin)."""
+        return not self.is_server and get_settings().admin_group in self.groups
+
+    @property
+    def may_admin(self) -> bool:
+        return self.is_admin or ADMIN_SCOPE in self.scopes
+
+    @property
+    def may_checkout(self) -> bool:
+        return not self.is_server or CHECKOUT_SCOPE in self.scopes
+
+    @property
+    def kind(self) -> str:
+        """`customer`, `admin` or `server`: what a redemption records as its caller."""
+        return "server" if self.is_server else "admin" if self.is_admin else "customer"
 
     @property
     def email_domain(self) -> str | None:
@@ -84,13 +117,13 @@ class Identity:
 
 
 def _verified(raw: Any) -> bool:
-    # Cognito's REST authorizer hands every claim over as a string ("true"/"false"); a token
+    # API Gateway hands every authorizer context value over as a string ("true"/"false"); a token
     # read directly carries a JSON boolean. Anything else (absent, "1", "yes") is not verified.
     return raw is True or (isinstance(raw, str) and raw.strip().lower() == "true")
 
 
 def _groups(raw: Any) -> frozenset[str]:
-    # Cognito's REST authorizer flattens the list claim to a string such as "[a, b]" or "a,b".
+    # The authorizer flattens the list claim to "a,b" (a context holds no lists); "[a, b]" is read too.
     if isinstance(raw, list | tuple):
         return frozenset(str(g) for g in raw)
     if isinstance(raw, str):
@@ -113,10 +146,34 @@ def _trusted_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
     return {**claims, "cognito:groups": sorted(_groups(claims.get("cognito:groups")) - {admin_group})}
 
 
+def _unexpired(claims: Mapping[str, Any]) -> None:
+    """API Gateway reuses an authorizer's answer for its cache TTL: a token may expire meanwhile."""
+    try:
+        expires = int(str(claims.get("exp")))
+    except ValueError:
+        raise Unauthenticated() from None
+    if expires <= time.time():
+        raise Unauthenticated()
+
+
 def identity_of(app: Any) -> Identity:
+    """The caller, from the token authorizer's context (coupons/authorizer.py: verified claims)."""
     context = app.current_event.request_context
-    authorizer = context.authorizer.raw_event if context.authorizer else {}
-    claims = _trusted_claims(authorizer.get("claims") or {})
+    claims = context.authorizer.raw_event if context.authorizer else {}
+    _unexpired(claims)
+    ip = context.identity.source_ip or "unknown"
+    user_agent = (context.identity.user_agent or "")[:512]
+    use = claims.get("token_use")
+    if use == "access":  # a server: client credentials
+        client_id = claims.get("client_id")
+        if not client_id:
+            raise Unauthenticated()
+        return Identity(user_id=f"client:{client_id}", email=None, groups=frozenset(), ip=ip,
+                        user_agent=user_agent, client_id=str(client_id),
+                        scopes=frozenset(str(claims.get("scope") or "").split()))
+    if use != "id":
+        raise Unauthenticated()
+    claims = _trusted_claims(claims)
     user_id = claims.get("sub")
     if not user_id:
         raise Unauthenticated()
@@ -126,15 +183,32 @@ def identity_of(app: Any) -> Identity:
         user_id=str(user_id),
         email=str(email) if email else None,
         groups=_groups(claims.get("cognito:groups")),
-        ip=context.identity.source_ip or "unknown",
-        user_agent=(context.identity.user_agent or "")[:512],
+        ip=ip,
+        user_agent=user_agent,
     )
 
 
 def require_admin(app: Any) -> Identity:
+    """Admin routes: an admin, or a server with the scope coupons/admin (a CRM)."""
     who = identity_of(app)
-    if not who.is_admin:
-        raise Forbidden("This route is for coupon admins.")
+    if not who.may_admin:
+        raise Forbidden("This route is for coupon admins (or servers with the scope coupons/admin).")
+    return who
+
+
+def require_checkout(app: Any) -> Identity:
+    """Checkout routes: people, and servers with the scope coupons/checkout."""
+    who = identity_of(app)
+    if not who.may_checkout:
+        raise Forbidden("This route needs the scope coupons/checkout.")
+    return who
+
+
+def require_person(app: Any) -> Identity:
+    """Routes about the caller themselves (`/me/...`): a server has no `me`."""
+    who = identity_of(app)
+    if who.is_server:
+        raise Forbidden("This route is for customers signed in with their own token.")
     return who
 
 

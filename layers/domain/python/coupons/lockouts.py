@@ -1,13 +1,14 @@
 """Failed guesses: counted first, answered after, so that the limits hold under any concurrency.
 
-A guess for a code that does not exist is counted for the user, then for the IP, each with
-one conditional write (guard_store.GuardStore.count_failure) that succeeds only while the
+A guess for a code that does not exist is counted for each of its subjects in turn (the
+customer, the shopper's IP, the server client: those the call has), each with one
+conditional write (guard_store.GuardStore.count_failure) that succeeds only while the
 subject's estimate is below its limit on the counter as it is at that moment (see guards,
-"Counting under concurrency"). Only a guess counted under both limits is answered 404; any
-other is answered 429 and counted nowhere (a user count already made is taken back), so:
+"Counting under concurrency"). Only a guess counted under every limit is answered 404; any
+other is answered 429 and counted nowhere (counts already made are taken back), so:
 
 - however many guesses race, and however stale the read each of them made, no more than
-  the limit are answered 404 in a window, per user and per IP;
+  the limit are answered 404 in a window, per customer, per IP and per client;
 - the counters hold the failures that were answered, so a caller who keeps trying while
   locked out is not kept locked by its own refused tries.
 
@@ -54,6 +55,16 @@ class Counted:
 
 
 @dataclass(frozen=True)
+class Subject:
+    """Someone a failed guess counts for, the counter as the request read it, and their limit."""
+
+    scope: Scope
+    name: str
+    seen: Window | None
+    limit: int
+
+
+@dataclass(frozen=True)
 class Refused:
     retry_after: int
 
@@ -66,19 +77,16 @@ class FailedGuesses:
         self._signals = signals
         self._backoff = backoff  # sleeps, returns the next try's number; raises TryAgain when spent
 
-    def count(self, user_id: str, ip: str, now: datetime, *, user_seen: Window | None,
-              ip_seen: Window | None) -> None:
+    def count(self, subjects: list[Subject], now: datetime, *, client_id: str | None = None) -> None:
         """Count one failed guess; return if it may be answered 404, else raise RateLimited (or TryAgain).
 
-        `user_seen` and `ip_seen` are the counters as the request read them (maybe stale: the
-        conditional writes correct that).
+        Each subject carries its counter as the request read it (maybe stale: the conditional
+        writes correct that). `client_id`: the server that made the call, named on its flags.
         """
         at = now.timestamp()
-        subjects: list[tuple[Scope, str, Window | None, int]] = [
-            ("user", user_id, user_seen, self._policy.per_user), ("ip", ip, ip_seen, self._policy.per_ip)]
         counted: list[tuple[Scope, str, Counted]] = []
         try:
-            for scope, subject, seen, limit in subjects:
+            for scope, subject, seen, limit in ((s.scope, s.name, s.seen, s.limit) for s in subjects):
                 outcome = self._count(scope, subject, seen, limit, at)
                 if isinstance(outcome, Refused):
                     raise RateLimited(retry_after=outcome.retry_after)
@@ -94,7 +102,8 @@ class FailedGuesses:
                                      done.moment)
             if trip is not None:
                 flags.append(fraud_flag(kind="lockout", scope=scope, subject=subject, bucket=done.window.bucket,
-                                        now=now, count=trip.count, limit=trip.limit, window=self._policy.window))
+                                        now=now, count=trip.count, limit=trip.limit, window=self._policy.window,
+                                        client_id=client_id))
         self._store.record_failure(now=now, flags=flags)
         self._signals.count("FailedAttempts")
         if flags:

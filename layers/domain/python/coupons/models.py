@@ -6,6 +6,7 @@ must carry an offset and are held in UTC.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
     StrictStr,
     ValidationError,
@@ -381,10 +383,37 @@ class Order(_Strict):
         return self
 
 
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+
+
+def _email(value: str) -> str:
+    if len(value) > 254 or not _EMAIL.fullmatch(value):
+        raise ValueError("must be an email address such as kim@example.com")
+    return value
+
+
+def _ip(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))  # one spelling per address: it keys the IP's lockout
+    except ValueError:
+        raise ValueError("must be an IPv4 or IPv6 address such as 203.0.113.5") from None
+
+
+class Customer(_Strict):
+    """The shopper a server checks out for (issue 12). The server vouches for every field; without
+    `id` the shopper is a guest. A customer's own token may not send one (their token names them)."""
+
+    id: Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")] | None = None
+    email: Annotated[StrictStr, Field(max_length=254), AfterValidator(_email)] | None = None
+    ip: Annotated[StrictStr, Field(max_length=64), AfterValidator(_ip)] | None = None
+    first_order: StrictBool | None = None
+
+
 class ValidateRequest(_Strict):
     code: Annotated[StrictStr, Field(min_length=1, max_length=200)]
     channel: Channel
     order: Order
+    customer: Customer | None = None  # servers only
 
 
 class RedeemRequest(ValidateRequest):
@@ -409,9 +438,12 @@ class RedemptionView(_Out):
     redemption_id: str
     coupon_id: str
     order_id: str
-    user_id: str
+    user_id: str | None  # null: a guest's (a server's call naming no customer)
     discount_amount: int
     currency: str
+    order_subtotal: int  # the order it belongs to (issue 12): items' sum,
+    shipping_amount: int  # its shipping (0 without),
+    total_after_discount: int  # and what the shopper paid: items + shipping - discount
     status: RedemptionStatus
     redeemed_at: datetime
     channel: Channel | None = None

@@ -2,7 +2,7 @@
 
 Everything is integer minor units. The rules run in the contract's order:
 
-    exists -> status -> starts_at -> expires_at -> channel -> domain -> currency (when the coupon
+    exists -> customer (a guest only on a coupon that needs no customer) -> status -> starts_at -> expires_at -> channel -> domain -> currency (when the coupon
     holds an amount of money) -> min order -> applicability -> total uses -> uses by this user
 
 and the first one that fails names the 422 code. "Exists" is the caller's business
@@ -101,6 +101,7 @@ class Attempt:
     lines: tuple[Line, ...]
     now: datetime
     global_domains: frozenset[str] = field(default_factory=frozenset)
+    guest: bool = False  # a server's call naming no customer (issue 12)
 
 
 @dataclass(frozen=True)
@@ -195,12 +196,20 @@ def discount_for(terms: Terms, eligible: int) -> int:
 # --- the rules, in order ----------------------------------------------------------------
 
 
+def needs_customer(terms: Terms, global_domains: frozenset[str]) -> bool:
+    """A guest has no per-user count and no email: a coupon that limits either is not for guests."""
+    return terms.uses_per_user is not None or bool(terms.allowed_domains) or bool(global_domains)
+
+
+
 def check_terms(terms: Terms, attempt: Attempt) -> Quote:
     """Every rule that depends on the coupon and the order, not on how much it is used."""
     subtotal = order_subtotal(attempt.lines)
     if subtotal > MAX_ORDER_SUBTOTAL:  # defence in depth: never quote a discount on an unbounded order
         raise ValidationFailed(details=[{"field": "order.items",
                                          "message": f"the order subtotal must be at most {MAX_ORDER_SUBTOTAL}"}])
+    if attempt.guest and needs_customer(terms, attempt.global_domains):
+        raise rule_violation("CUSTOMER_REQUIRED")
     if terms.status == "disabled":
         raise rule_violation("COUPON_DISABLED")
     if terms.status == "expired":

@@ -25,8 +25,9 @@ from .report_range import AggregateStore, is_settled
 from .reports import ReportSource, csv_cell, day_aggregate, parse_day
 
 CSV_COLUMNS = ("at", "event", "redemption_id", "coupon_id", "campaign_id", "user_id", "order_id",
-               "channel", "currency", "discount_amount")
-SUSPICIOUS_COLUMNS = ("at", "kind", "scope", "user_id", "ip", "count", "limit", "window_seconds")
+               "channel", "currency", "discount_amount", "order_subtotal", "total_after_discount")
+# client_id (issue 12): the server client locked out, or whose calls locked out a customer or an address
+SUSPICIOUS_COLUMNS = ("at", "kind", "scope", "user_id", "ip", "count", "limit", "window_seconds", "client_id")
 WRITE_CHARS = 128 * 1024  # CSV text handed to the sink per write (the S3 sink makes the 8 MB parts)
 
 

@@ -297,11 +297,14 @@ class Row:
     channel: str
     currency: str
     discount_amount: int  # negative on a rollback row
+    order_subtotal: int = 0  # the whole order's, on a rollback row too (issue 12)
+    total_after_discount: int = 0
 
     def cells(self) -> list[str]:
         return [csv_cell(self.at), self.event, csv_cell(self.redemption_id), csv_cell(self.coupon_id),
                 csv_cell(self.campaign_id), csv_cell(self.user_id), csv_cell(self.order_id),
-                csv_cell(self.channel), csv_cell(self.currency), str(self.discount_amount)]
+                csv_cell(self.channel), csv_cell(self.currency), str(self.discount_amount),
+                str(self.order_subtotal), str(self.total_after_discount)]
 
 
 def row_of(item: Mapping[str, Any], event: str) -> Row:
@@ -313,6 +316,10 @@ def row_of(item: Mapping[str, Any], event: str) -> Row:
         user_id=str(item.get("user_id") or ""), order_id=str(item.get("order_id") or ""),
         channel=str(item.get("channel") or ""), currency=str(item.get("currency") or ""),
         discount_amount=-amount if event == "rolled_back" else amount,
+        # what the order was, not a movement of money: the same on its rollback row
+        order_subtotal=int(item.get("order_subtotal") or 0),
+        total_after_discount=int(item["total_after_discount"]) if item.get("total_after_discount") is not None
+        else int(item.get("order_subtotal") or 0) - amount,
     )
 
 

@@ -21,6 +21,7 @@ ENV_NAMES: dict[str, str] = {
     "allowed_domains": "ALLOWED_DOMAINS",
     "failed_attempts_per_user": "FAILED_ATTEMPTS_PER_USER",
     "failed_attempts_per_ip": "FAILED_ATTEMPTS_PER_IP",
+    "failed_attempts_per_client": "FAILED_ATTEMPTS_PER_CLIENT",
     "failed_attempt_window_seconds": "FAILED_ATTEMPT_WINDOW_SECONDS",
     "fraud_distinct_users_per_ip": "FRAUD_DISTINCT_USERS_PER_IP",
     "hot_coupon_shards": "HOT_COUPON_SHARDS",
@@ -64,6 +65,8 @@ class Settings(BaseModel):
     # Abuse defences (contract defaults).
     failed_attempts_per_user: int = Field(default=10, ge=1)
     failed_attempts_per_ip: int = Field(default=100, ge=1)
+    # A server client (issue 12) checks out for a whole shop: its own limit, far above one shopper's.
+    failed_attempts_per_client: int = Field(default=10_000, ge=1)
     failed_attempt_window_seconds: int = Field(default=600, ge=1)
     fraud_distinct_users_per_ip: int = Field(default=20, ge=2)
     # Hot coupons (checkout): a coupon with max_uses >= the threshold splits its cap across this many

@@ -3,9 +3,11 @@
 Coupons table (besides the coupon items of coupon_store):
 
 - usage         pk=USAGE#<coupon_id>       sk=USER#<sub>   coupon_id, uses
+                (<sub>: the customer's id, whether they call with their own token or a server
+                names them in `customer.id`: one person for every limit; a guest has none)
 - redemption    pk=REDEMPTION#<id>         sk=REDEMPTION   id = uuid5(coupon_id, order_id)
                 gsi1 CREDEEM#<coupon_id> / <redeemed_at>#<id>       redemptions of a coupon
-                gsi2 UREDEEM#<sub> / <redeemed_at>#<id>              redemptions of a user
+                gsi2 UREDEEM#<sub> / <redeemed_at>#<id>              redemptions of a customer (none for a guest)
                 gsi3 DAY#<YYYY-MM-DD>#<0..DAY_SHARDS-1> / <at>#<id>  redemptions of a UTC day
                 gsi4 RBDAY#<YYYY-MM-DD>#<shard> / <at>#<id>          rollbacks of a UTC day
 - shard         pk=SHARD#<coupon_id>#<nn>  sk=SHARD        remaining, redeemed (hot coupons only)
@@ -115,10 +117,18 @@ class Snapshot:
     usage: Item | None = None  # this user's usage item of that coupon (None: not used yet)
     user: Counts = field(default_factory=Counts)  # failures, as of the request's bucket
     ip: Counts = field(default_factory=Counts)
+    client: Counts = field(default_factory=Counts)
     user_window: Window | None = None  # the failure counters as stored (the write's conditions start from them)
     ip_window: Window | None = None
+    client_window: Window | None = None
     ip_users_previous: set[str] = field(default_factory=set)
     ip_users_current: set[str] = field(default_factory=set)
+
+    def window(self, scope: str) -> Window | None:
+        return {"user": self.user_window, "ip": self.ip_window, "client": self.client_window}[scope]
+
+    def counts(self, scope: str) -> Counts:
+        return {"user": self.user, "ip": self.ip, "client": self.client}[scope]
 
     def user_uses(self) -> int:
         """This user's uses of the found coupon."""
@@ -159,16 +169,18 @@ class CheckoutStore(GuardStore):
 
     # --- the one read of validate / redeem -------------------------------------------------
 
-    def read(self, code_hashes: Sequence[str], user_id: str, *, ip: str | None = None,
-             bucket: int | None = None, ip_users: bool = False) -> Snapshot:
+    def read(self, code_hashes: Sequence[str], user_id: str | None, *, ip: str | None = None,
+             bucket: int | None = None, ip_users: bool = False, client: str | None = None) -> Snapshot:
         """Coupon, usage and guard counters in one BatchGetItem (both tables).
 
         Plus one GetItem for the usage when this container does not know the code's coupon
-        id yet (see "Usage by coupon id" above).
+        id yet (see "Usage by coupon id" above). A guest (no `user_id`) has no usage and no
+        customer counter; a call without a shopper IP no IP counter; only a server a client one.
         """
         usage_keys: list[dict[str, Any]] = []
         named: set[str] = set()
-        for h in code_hashes:
+        for h in code_hashes if user_id is not None else ():
+            assert user_id is not None
             known = self.coupon_ids.get(h)
             if known is not None and known not in named:  # two indexes of one coupon: name it once
                 named.add(known)
@@ -176,11 +188,12 @@ class CheckoutStore(GuardStore):
             else:
                 usage_keys.append(no_usage_key(h, user_id))
         request: dict[str, Any] = {self._coupons: {"Keys": [coupon_key(h) for h in code_hashes] + usage_keys}}
-        guard_keys: list[dict[str, Any]] = []
-        if bucket is not None and ip is not None:
-            guard_keys += [fail_key("user", user_id), fail_key("ip", ip)]
-            if ip_users:
-                guard_keys += [ip_users_key(ip, bucket), ip_users_key(ip, bucket - 1)]
+        subjects = [(scope, name) for scope, name in (("user", user_id), ("ip", ip), ("client", client))
+                    if name is not None] if bucket is not None else []
+        guard_keys = [fail_key(scope, name) for scope, name in subjects]
+        if bucket is not None and guard_keys and ip_users and ip is not None and user_id is not None:
+            guard_keys += [ip_users_key(ip, bucket), ip_users_key(ip, bucket - 1)]
+        if guard_keys:
             request[self._guards] = {"Keys": guard_keys}
         found = self._batch_get(request)
         snapshot = Snapshot()
@@ -193,7 +206,7 @@ class CheckoutStore(GuardStore):
                 snapshot.coupon = coupon_record(item)
             else:
                 usages[item["pk"].removeprefix("USAGE#")] = item
-        if snapshot.coupon is not None:
+        if snapshot.coupon is not None and user_id is not None:
             coupon_id = snapshot.coupon["coupon_id"]
             if coupon_id in named:
                 snapshot.usage = usages.get(coupon_id)
@@ -201,18 +214,16 @@ class CheckoutStore(GuardStore):
                 snapshot.usage = self._get(usage_key(coupon_id, user_id), consistent=False)
                 self.coupon_ids.learn(snapshot.coupon["code_hash"], coupon_id)
         guards = {(i["pk"], i["sk"]): i for i in (from_item(raw) for raw in found.get(self._guards, [])) if i}
-        if bucket is not None and ip is not None:
-            def window(scope: str, subject: str) -> Window | None:
-                k = fail_key(scope, subject)
-                return window_of(guards.get((k["pk"]["S"], k["sk"]["S"])))
-
-            snapshot.user_window, snapshot.ip_window = window("user", user_id), window("ip", ip)
-            snapshot.user = snapshot.user_window.counts_at(bucket) if snapshot.user_window else Counts()
-            snapshot.ip = snapshot.ip_window.counts_at(bucket) if snapshot.ip_window else Counts()
-            if ip_users:
-                for b, target in ((bucket, snapshot.ip_users_current), (bucket - 1, snapshot.ip_users_previous)):
-                    k = ip_users_key(ip, b)
-                    target.update(guards.get((k["pk"]["S"], k["sk"]["S"]), {}).get("users", set()))
+        for scope, name in subjects:
+            k = fail_key(scope, name)
+            stored = window_of(guards.get((k["pk"]["S"], k["sk"]["S"])))
+            counts = stored.counts_at(bucket) if stored is not None and bucket is not None else Counts()
+            setattr(snapshot, f"{scope}_window", stored)
+            setattr(snapshot, scope, counts)
+        if bucket is not None and ip_users and ip is not None and user_id is not None:
+            for b, target in ((bucket, snapshot.ip_users_current), (bucket - 1, snapshot.ip_users_previous)):
+                k = ip_users_key(ip, b)
+                target.update(guards.get((k["pk"]["S"], k["sk"]["S"]), {}).get("users", set()))
         return snapshot
 
     def _batch_get(self, request: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -243,7 +254,7 @@ class CheckoutStore(GuardStore):
         return self._get(redemption_key(redemption_id), consistent=True)
 
     def redemption_item(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        """The stored form of a new redemption, with its four index keys."""
+        """The stored form of a new redemption, with its index keys (a guest's has no customer index)."""
         at = record["redeemed_at"]
         rid = record["redemption_id"]
         sort = f"{iso(at)}#{rid}"
@@ -255,11 +266,11 @@ class CheckoutStore(GuardStore):
             "redeemed_at": iso(at),
             "gsi1pk": f"CREDEEM#{record['coupon_id']}",
             "gsi1sk": sort,
-            "gsi2pk": f"UREDEEM#{record['user_id']}",
-            "gsi2sk": sort,
             "gsi3pk": f"DAY#{day_of(at)}#{day_shard(rid)}",
             "gsi3sk": sort,
         }
+        if record.get("user_id") is not None:
+            values.update(gsi2pk=f"UREDEEM#{record['user_id']}", gsi2sk=sort)
         return values
 
     def commit_redemption(self, record: Mapping[str, Any], *, coupon: Mapping[str, Any], now: datetime,
@@ -269,6 +280,7 @@ class CheckoutStore(GuardStore):
         Item order (the caller reads Cancelled by index): 0 redemption, 1 counter, 2 usage.
         The usage item is the coupon's (keyed by its id), incremented only while below
         `uses_per_user`: that condition, not the read, is what holds the per-customer limit.
+        A guest's redemption has no usage item (a guest may use only coupons without that limit).
 
         On the coupon's own counter, the transaction re-checks that the coupon is still the
         version read (coupon_store.version_guard): every edit, sweep or split since bumps it,
@@ -316,6 +328,11 @@ class CheckoutStore(GuardStore):
                 "ExpressionAttributeValues": {":one": to_value(1), ":cid": to_value(cid)},
                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }})
+        if record.get("user_id") is None:
+            if coupon.get("uses_per_user") is not None:
+                raise ValueError("a guest cannot redeem a coupon with a per-customer limit")
+            self._transact(items)
+            return
         limit = coupon.get("uses_per_user")
         usage: dict[str, Any] = {
             "TableName": self._coupons,
@@ -396,6 +413,12 @@ class CheckoutStore(GuardStore):
     def list_by_coupon(self, coupon_id: str, *, limit: int, cursor: str | None) -> tuple[list[Item], str | None]:
         return paged_query(self._db, table=self._coupons, index="gsi1",
                            partitions=[("gsi1pk", f"CREDEEM#{coupon_id}", None, None)],
+                           limit=limit, cursor=cursor, scan_forward=False)
+
+    def list_by_user(self, user_id: str, *, limit: int, cursor: str | None) -> tuple[list[Item], str | None]:
+        """A customer's redemptions, newest first (gsi2; a cursor from another partition is refused)."""
+        return paged_query(self._db, table=self._coupons, index="gsi2",
+                           partitions=[("gsi2pk", f"UREDEEM#{user_id}", None, None)],
                            limit=limit, cursor=cursor, scan_forward=False)
 
     def get_pointer(self, coupon_id: str) -> Item | None:

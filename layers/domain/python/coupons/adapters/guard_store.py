@@ -2,13 +2,14 @@
 
 Items (TTL attribute `ttl`):
 
-- failures      pk=FAIL#user#<sub> | FAIL#ip#<ip>  sk=WINDOW
+- failures      pk=FAIL#user#<sub> | FAIL#ip#<ip> | FAIL#client#<client_id>  sk=WINDOW
                 bucket, current, previous (guards.Window: the failures of `bucket` and of the
                 bucket before, in one item so that one conditional write sees both)
 - IP's users    pk=IPUSERS#<ip>     sk=W#<bucket>                   users (string set, capped)
 - day totals    pk=FAILED#<YYYY-MM-DD>  sk=SHARD#<n>                count (sum the shards)
 - fraud flags   pk=FRAUD#<YYYY-MM-DD>   sk=<kind>#<scope>#<subject>#<bucket>
-                entity=fraud, kind lockout|many_users_one_ip, scope user|ip, user_id|ip,
+                entity=fraud, kind lockout|many_users_one_ip, scope user|ip|client, user_id|ip|client_id
+                (and client_id when a server made the calls: `suspicious` names the client),
                 count, limit, window_seconds, at (one per subject and bucket: re-raising it
                 overwrites, so the stream's INSERT happens once)
 
@@ -159,8 +160,11 @@ class GuardStore:
             return
 
 
+SUBJECT_FIELDS = {"user": "user_id", "ip": "ip", "client": "client_id"}
+
+
 def fraud_flag(*, kind: str, scope: str, subject: str, bucket: int, now: datetime, count: int, limit: int,
-               window: int) -> dict[str, Any]:
+               window: int, client_id: str | None = None) -> dict[str, Any]:
     """A FRAUD#<day> item: the stream turns its INSERT into a FraudSuspected event."""
     flag: dict[str, Any] = {
         "pk": f"FRAUD#{iso(now)[:10]}",
@@ -174,5 +178,7 @@ def fraud_flag(*, kind: str, scope: str, subject: str, bucket: int, now: datetim
         "at": iso(now),
         "ttl": epoch(now) + FRAUD_TTL_DAYS * 86400,
     }
-    flag["user_id" if scope == "user" else "ip"] = subject
+    if client_id is not None:  # the server whose calls these were
+        flag["client_id"] = client_id
+    flag[SUBJECT_FIELDS[scope]] = subject
     return flag

@@ -39,6 +39,7 @@ PART_BYTES = 8 * 1024 * 1024  # multipart part size (S3: at least 5 MB but the l
 REDEMPTION_FIELDS = (
     "redemption_id", "coupon_id", "campaign_id", "user_id", "order_id", "channel", "currency",
     "discount_amount", "status", "redeemed_at", "rolled_back_at",
+    "order_subtotal", "total_after_discount",  # the daily CSV's order columns (issue 12)
 )
 
 

@@ -140,19 +140,8 @@ function showReceipt({ paid, order_id, redemption }) {
   fill($("#receipt-discount"), redemption ? formatMoney(redemption.discount_amount, redemption.currency) : formatMoney(0, CURRENCY));
   fill($("#receipt-status"), redemption ? redemption.status : "paid");
   fill($("#receipt-at"), formatTime(redemption ? redemption.redeemed_at : new Date().toISOString()));
-  $("#cancel-order").hidden = !redemption || redemption.status !== "redeemed";
-}
-
-async function cancelOrder() {
-  const redemption = state.redemption;
-  if (!redemption) return;
-  const result = await api("POST", `/redemptions/${encodeURIComponent(redemption.redemption_id)}/rollback`, { token: session.token, body: {} });
-  if (!result.ok) {
-    fill($("#pay-error"), sentenceFor(result));
-    return;
-  }
-  fill($("#receipt-status"), result.body.status === "rolled_back" ? "rolled back: the coupon's use was given back" : result.body.status);
-  $("#cancel-order").hidden = true;
+  // No "cancel" here (issue 12): rolling a redemption back is the shop's call on a refund, made by its
+  // backend or in the admin console; a shopper's token is refused (403).
 }
 
 async function checkToken(token) {
@@ -170,7 +159,6 @@ function main() {
     validate($("#coupon-code").value.trim().toUpperCase());
   });
   $("#pay").addEventListener("click", pay);
-  $("#cancel-order").addEventListener("click", cancelOrder);
   signIn({
     session,
     form: $("#signin-form"),
