@@ -40,7 +40,8 @@ def test_validate_quotes_the_discount_without_changing_anything(stack: LocalStac
     assert result.status == 200, result.body
     assert result.body == {
         "valid": True, "coupon_id": coupon["id"], "discount_type": "PERCENT", "discount_amount": 1250,
-        "currency": "USD", "order_subtotal": 11498, "eligible_subtotal": 9998, "total_after_discount": 10248,
+        "currency": "USD", "order_subtotal": 11498, "eligible_subtotal": 9998, "shipping_amount": 0,
+        "total_after_discount": 10248,
     }
     # And nothing was counted
     assert_conserved(stack, coupon["id"], 0)

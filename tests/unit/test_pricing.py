@@ -148,7 +148,8 @@ def test_quote_on_a_mixed_order() -> None:
     # Then only the shoes count, and the cap applies (20% of 99.98 = 20.00 < 30.00)
     assert quote.as_response() == {
         "valid": True, "coupon_id": "c1", "discount_type": "PERCENT", "discount_amount": 2000,
-        "currency": "USD", "order_subtotal": 11498, "eligible_subtotal": 9998, "total_after_discount": 9498,
+        "currency": "USD", "order_subtotal": 11498, "eligible_subtotal": 9998, "shipping_amount": 0,
+        "total_after_discount": 9498,
     }
 
 

@@ -428,6 +428,7 @@ class ValidationResult(_Out):
     currency: str
     order_subtotal: int
     eligible_subtotal: int
+    shipping_amount: int  # 0 until orders carry shipping (contract v2: always present)
     total_after_discount: int
 
 

@@ -139,6 +139,7 @@ class Quote:
             "currency": self.currency,
             "order_subtotal": self.order_subtotal,
             "eligible_subtotal": self.eligible_subtotal,
+            "shipping_amount": 0,  # orders carry no shipping yet; total = items - discount
             "total_after_discount": self.total_after_discount,
         }
 
