@@ -26,6 +26,7 @@ from coupons.clock import utcnow
 from coupons.models import CouponUpdate
 from coupons.settings import get_settings
 from edit_race_helpers import (
+    SHARDS,
     SHOP,
     PauseBeforeWrite,
     checkout,
@@ -171,6 +172,32 @@ def test_an_exhausted_hint_read_before_a_rollback_is_not_written(aws_env: Any) -
     assert redeem(code, "o-late", via=late) == "COUPON_EXHAUSTED"  # right for what it read
 
     # Then the stale hint did not land: the use given back is taken by the next customer
+    stored = raw_coupon(coupon["id"])
+    assert stored is not None and "exhausted_at" not in stored["shards"]["M"]
+    assert [redeem(code, "o-next"), redeem(code, "o-after")] == [True, "COUPON_EXHAUSTED"]
+
+
+def test_a_rollback_of_a_use_taken_before_the_split_clears_the_exhausted_hint(aws_env: Any) -> None:
+    """Found by the interleaving property: a use redeemed before its coupon split goes back to shard 0,
+    but the exhausted hint stayed, so the use given back was refused for the hint's 30 s."""
+    from coupons.adapters.checkout_store import CheckoutStore
+    from coupons.adapters.coupon_store import CouponStore
+
+    # Given a coupon of one use, taken before it was split into shards
+    code = fresh("PRESPLIT")
+    coupon = create(code=code, max_uses=1)
+    assert redeem(code, "o-first") is True
+    table = get_settings().coupons_table
+    client = aws.client("dynamodb")
+    CheckoutStore(client, table, get_settings().guards_table).init_shards(
+        CouponStore(client, table).get_by_id(coupon["id"]), SHARDS)
+    # and a checkout that found every shard empty (it leaves the exhausted hint)
+    assert redeem(code, "o-second") == "COUPON_EXHAUSTED"
+    stored = raw_coupon(coupon["id"])
+    assert stored is not None and "exhausted_at" in stored["shards"]["M"]
+    # When the shop rolls the first redemption back
+    checkout().rollback(redemption_id(coupon["id"], "o-first", "user:o-first"), SHOP)
+    # Then the hint is gone and the use given back is taken by the next customer, once
     stored = raw_coupon(coupon["id"])
     assert stored is not None and "exhausted_at" not in stored["shards"]["M"]
     assert [redeem(code, "o-next"), redeem(code, "o-after")] == [True, "COUPON_EXHAUSTED"]

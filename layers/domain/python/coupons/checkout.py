@@ -499,6 +499,10 @@ class CheckoutService:
                 if counter is not None:
                     if cancelled.failed(index):
                         counter = self._counter_after(counter, cancelled.old(index), item)
+                        if counter is not None and counter[0] == "shard" and clear_hint is None:
+                            # split since this use was taken: it goes back to shard 0, and the coupon's
+                            # "every shard empty" hint must go with it, or the use stays refused
+                            clear_hint = item["code_hash"]
                     index += 1
                 if usage:
                     if cancelled.failed(index):
